@@ -1,2 +1,129 @@
-def main() -> int:
-    return 0
+"""The `rolloutd` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from importlib import resources
+from pathlib import Path
+from typing import IO
+
+from rolloutd import __version__
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+DEMO_SCENARIO = "checkout-incident"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rolloutd", description="Event-driven progressive-delivery controller."
+    )
+    parser.add_argument("--version", action="version", version=f"rolloutd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    rep = sub.add_parser("replay", help="run the engine over a JSON-lines event file")
+    rep.add_argument("--config", required=True, type=Path, help="rolloutd YAML config")
+    rep.add_argument("events", type=Path, help="events, one JSON object per line ('-': stdin)")
+    rep.add_argument("--out", type=Path, help="write decisions here instead of stdout")
+    rep.add_argument("--quiet", action="store_true", help="no summary on stderr")
+
+    chk = sub.add_parser("check-config", help="validate a config file and explain it")
+    chk.add_argument("path", type=Path)
+
+    sub.add_parser("config-schema", help="print the JSON Schema of the config file")
+
+    demo = sub.add_parser("demo", help="replay the bundled incident scenario")
+    demo.add_argument("--out", type=Path, help="write decisions here instead of stdout")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "replay":
+        return _replay(args.config, args.events, args.out, args.quiet)
+    if args.command == "check-config":
+        return _check_config(args.path)
+    if args.command == "config-schema":
+        from rolloutd.config import config_json_schema
+
+        print(json.dumps(config_json_schema(), indent=2, sort_keys=True))
+        return EXIT_OK
+    if args.command == "demo":
+        return _demo(args.out)
+    raise AssertionError(args.command)
+
+
+def _check_config(path: Path) -> int:
+    from rolloutd.config import ConfigError, load_config
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: invalid configuration", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"{path}: ok")
+    print(config.summary())
+    return EXIT_OK
+
+
+def _replay(config_path: Path, events: Path, out_path: Path | None, quiet: bool) -> int:
+    from rolloutd.config import ConfigError, load_config
+    from rolloutd.replay import replay
+
+    try:
+        spec = load_config(config_path).to_spec()
+    except ConfigError as exc:
+        print(f"{config_path}: invalid configuration", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_USAGE
+    with ExitStack() as stack:
+        try:
+            lines = stack.enter_context(_open_events(events))
+            out = _open_out(stack, out_path)
+        except OSError as exc:
+            print(f"rolloutd replay: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        summary = replay(spec, _lines(lines), out, sys.stderr)
+        out.flush()
+    if not quiet:
+        print(summary.render(), file=sys.stderr)
+    return EXIT_OK
+
+
+def _open_events(path: Path) -> IO[bytes]:
+    if str(path) == "-":
+        return sys.stdin.buffer
+    return path.open("rb")
+
+
+def _open_out(stack: ExitStack, path: Path | None) -> IO[bytes]:
+    if path is None:
+        return sys.stdout.buffer
+    return stack.enter_context(path.open("wb"))
+
+
+def _lines(stream: IO[bytes]) -> Iterator[bytes]:
+    yield from stream
+
+
+def _demo(out_path: Path | None) -> int:
+    scenarios = resources.files("rolloutd") / "scenarios"
+    config = scenarios / f"{DEMO_SCENARIO}.yaml"
+    events = scenarios / f"{DEMO_SCENARIO}.jsonl"
+    with resources.as_file(config) as config_path, resources.as_file(events) as events_path:
+        print(
+            f"rolloutd demo: replaying {events_path.name} with {config_path.name}"
+            " (a canary that walks its steps, then an error spike in the canary only)",
+            file=sys.stderr,
+        )
+        return _replay(config_path, events_path, out_path, quiet=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

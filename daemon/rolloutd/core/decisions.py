@@ -1,0 +1,82 @@
+"""Decisions: what the engine decided, as the JSON objects of the decision contract.
+
+Rules: one frozen struct per `kind`; field order is the order on the wire (`ts`, `kind`
+first). Optional fields that are None are left out (`actor`), fields the contract shows
+always appear (a trigger's `value` may be null). Percents that are whole numbers encode as
+integers, so `25` never becomes `25.0`. Encoding is deterministic byte for byte.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+def whole(number: float) -> float | int:
+    """An integral float as int (so JSON shows 25, not 25.0)."""
+    if number == int(number):
+        return int(number)
+    return number
+
+
+class Decision(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    ts: float
+    kind: str
+    rollout: str
+
+
+class PercentDecision(Decision, frozen=True, omit_defaults=True, kw_only=True):
+    kind: Literal["percent"]
+    flag: str
+    percent: float | int
+    step: int
+    reason: str
+    actor: str | None = None
+
+
+class PhaseDecision(Decision, frozen=True, omit_defaults=True, kw_only=True):
+    kind: Literal["phase"]
+    phase: str
+    reason: str
+    actor: str | None = None
+
+
+class TriggerDecision(Decision, frozen=True, omit_defaults=True, kw_only=True):
+    kind: Literal["trigger"]
+    trigger: str
+    state: str
+    value: float | None
+    threshold: float | None
+    samples: int
+
+
+class AlertDecision(Decision, frozen=True, omit_defaults=True, kw_only=True):
+    kind: Literal["alert"]
+    trigger: str
+    severity: str
+    status: str  # firing | resolved
+    action: str | None = None
+
+
+class RefusedDecision(Decision, frozen=True, omit_defaults=True, kw_only=True):
+    kind: Literal["refused"]
+    command: str
+    reason: str
+    actor: str | None = None
+
+
+AnyDecision = PercentDecision | PhaseDecision | TriggerDecision | AlertDecision | RefusedDecision
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(decision: Decision) -> bytes:
+    """One decision as compact JSON bytes (no newline)."""
+    return _encoder.encode(decision)
+
+
+def to_dict(decision: Decision) -> dict[str, object]:
+    """One decision as a plain dict, in wire order."""
+    result: dict[str, object] = msgspec.json.decode(_encoder.encode(decision))
+    return result

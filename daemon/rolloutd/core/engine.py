@@ -1,0 +1,308 @@
+"""The engine: routes events to windows and rollouts, ticks on bucket boundaries, decides.
+
+Rules:
+* A function of (state, event, now) -> (state, decisions): no clock, no I/O. The caller says
+  what time it is; replay uses event times, the daemon its wall clock.
+* Time only moves forward. `advance(now)` evaluates every bucket boundary up to `now` (a
+  boundary that coincides with an event is evaluated before the event). An event older than
+  the engine's time goes into its own bucket if that bucket is still in the windows, and is
+  counted as late; a command is always applied at the engine's time.
+* Only the series some trigger reads are kept: (rollout, cohort) for requests,
+  (rollout, cohort, name) for gauges and counters.
+* `snapshot()` / `restore()` round-trip everything that decides the future, so a restored
+  engine continues exactly where the old one stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from rolloutd.core.decisions import Decision, RefusedDecision
+from rolloutd.core.events import Command, Counter, Event, Gauge, Request, Requests
+from rolloutd.core.rollout import RolloutRuntime
+from rolloutd.core.spec import EngineSpec, RolloutSpec, TriggerSpec
+from rolloutd.core.triggers import TriggerRuntime
+from rolloutd.core.windows import RequestSeries, SampleSeries
+
+SNAPSHOT_VERSION = 1
+
+
+@dataclass(slots=True)
+class EngineStats:
+    events: int = 0
+    late: int = 0  # older than the engine's time by more than one bucket
+    too_old: int = 0  # older than every window: dropped
+    unrouted: int = 0  # no configured rollout of that name, or no rollout at all
+    ignored: int = 0  # a cohort or metric no trigger reads
+
+
+class _Route:
+    """Everything one rollout's events touch."""
+
+    __slots__ = ("counters", "gauges", "head", "readers", "requests", "rollout")
+
+    def __init__(self, rollout: RolloutRuntime) -> None:
+        self.rollout = rollout
+        self.head: int | None = None  # the bucket every series was last slid to
+        self.requests: dict[str, RequestSeries] = {}
+        self.gauges: dict[tuple[str, str], SampleSeries] = {}
+        self.counters: dict[tuple[str, str], SampleSeries] = {}
+        # Which triggers read a (kind, cohort, name) series: they are re-read when it changes.
+        self.readers: dict[tuple[str, str, str], list[TriggerRuntime]] = {}
+
+
+def _spans(triggers: Iterable[TriggerSpec], bucket: float) -> dict[tuple[str, str, str], set[int]]:
+    """Window lengths (in buckets) per series key (kind, cohort, name)."""
+    spans: dict[tuple[str, str, str], set[int]] = {}
+    for trig in triggers:
+        span = max(1, round(trig.window / bucket))
+        kind = trig.metric_kind
+        name = "" if kind == "request" else trig.metric_name
+        for cohort in _cohorts(trig):
+            spans.setdefault((kind, cohort, name), set()).add(span)
+    return spans
+
+
+def _cohorts(trig: TriggerSpec) -> tuple[str, ...]:
+    if trig.baseline is None:
+        return (trig.cohort,)
+    return (trig.cohort, trig.baseline.cohort)
+
+
+def _build_route(spec: RolloutSpec, bucket: float) -> _Route:
+    spans = _spans(spec.triggers, bucket)
+    latency = {
+        cohort for t in spec.triggers if t.metric.startswith("latency_") for cohort in _cohorts(t)
+    }
+    route = _Route(RolloutRuntime(spec, []))
+    for (kind, cohort, name), lengths in spans.items():
+        if kind == "request":
+            route.requests[cohort] = RequestSeries(lengths, cohort in latency)
+        elif kind == "gauge":
+            route.gauges[(cohort, name)] = SampleSeries(lengths)
+        else:
+            route.counters[(cohort, name)] = SampleSeries(lengths)
+    for trig in spec.triggers:
+        runtime = _trigger_runtime(route, trig, bucket)
+        route.rollout.triggers.append(runtime)
+        name = "" if trig.metric_kind == "request" else trig.metric_name
+        for cohort in _cohorts(trig):
+            route.readers.setdefault((trig.metric_kind, cohort, name), []).append(runtime)
+    return route
+
+
+def _trigger_runtime(route: _Route, trig: TriggerSpec, bucket: float) -> TriggerRuntime:
+    span = max(1, round(trig.window / bucket))
+    kind = trig.metric_kind
+    if kind == "request":
+        series: RequestSeries | SampleSeries = route.requests[trig.cohort]
+        base = route.requests[trig.baseline.cohort] if trig.baseline else None
+    else:
+        table = route.gauges if kind == "gauge" else route.counters
+        series = table[(trig.cohort, trig.metric_name)]
+        base = table[(trig.baseline.cohort, trig.metric_name)] if trig.baseline else None
+    sample_series = series if isinstance(series, SampleSeries) else None
+    return TriggerRuntime(
+        trig,
+        series.view(span),
+        base.view(span) if base is not None else None,
+        sample_series,
+        bucket,
+        span * bucket,
+    )
+
+
+class Engine:
+    """All rollouts of one config, driven by events and the caller's clock."""
+
+    def __init__(self, spec: EngineSpec) -> None:
+        self.spec = spec
+        self.bucket = spec.bucket
+        self.stats = EngineStats()
+        self.now: float | None = None  # the engine's time; None before the first call
+        self._head = 0  # the last bucket boundary evaluated
+        self._routes: dict[str, _Route] = {r.name: _build_route(r, spec.bucket) for r in spec.rollouts}
+        self._order = list(self._routes.values())
+
+    # -- introspection ------------------------------------------------------------------
+    def rollout(self, name: str) -> RolloutRuntime:
+        return self._routes[name].rollout
+
+    @property
+    def rollouts(self) -> list[RolloutRuntime]:
+        return [route.rollout for route in self._order]
+
+    def _bucket_of(self, ts: float) -> int:
+        return math.floor(ts / self.bucket)
+
+    # -- time ---------------------------------------------------------------------------
+    def begin(self, now: float) -> list[Decision]:
+        """Set the clock and start the rollouts that start immediately."""
+        out: list[Decision] = []
+        if self.now is not None:
+            return out
+        self.now = now
+        self._head = self._bucket_of(now)
+        for route in self._order:
+            if route.rollout.spec.start == "immediately":
+                route.rollout.start(out, now, "start")
+        return out
+
+    def advance(self, now: float) -> list[Decision]:
+        """Evaluate every bucket boundary up to `now`, then move the clock to `now`."""
+        out: list[Decision] = []
+        if self.now is None:
+            out.extend(self.begin(now))
+        elif now > self.now:
+            self._ticks(out, self._bucket_of(now))
+            self.now = now
+        return out
+
+    def _ticks(self, out: list[Decision], last: int) -> None:
+        bucket = self.bucket
+        for b in range(self._head + 1, last + 1):
+            boundary = b * bucket
+            for route in self._order:
+                if route.rollout.armed:
+                    self._slide(route, b)
+                    route.rollout.evaluate(out, boundary)
+        self._head = max(self._head, last)
+
+    @staticmethod
+    def _slide(route: _Route, bucket: int) -> None:
+        """Bring every series of the route to `bucket`; its triggers must read again."""
+        if route.head is not None and route.head >= bucket:
+            return
+        route.head = bucket
+        for series in route.requests.values():
+            series.advance(bucket)
+        for sample_series in route.gauges.values():
+            sample_series.advance(bucket)
+        for sample_series in route.counters.values():
+            sample_series.advance(bucket)
+        for trig in route.rollout.triggers:
+            trig.dirty = True
+
+    # -- events -------------------------------------------------------------------------
+    def handle(self, event: Event, now: float | None = None) -> list[Decision]:
+        """Take one event at `now` (default: the later of the engine's time and the event's)."""
+        ts = event.ts
+        if now is None:
+            now = ts if self.now is None or ts > self.now else self.now
+        out = self.advance(now)
+        self.stats.events += 1
+        if ts < now - self.bucket:
+            self.stats.late += 1
+        route = self._routes.get(event.rollout) if event.rollout is not None else None
+        if isinstance(event, Command):
+            self._command(out, route, event, now)
+            return out
+        if route is None:
+            self.stats.unrouted += 1
+            return out
+        current = self._bucket_of(now)
+        self._slide(route, current)
+        self._ingest(route, event, current)
+        route.rollout.evaluate(out, now)
+        return out
+
+    def _ingest(self, route: _Route, event: Event, current: int) -> None:
+        # An event from the future (clock skew) counts in the current bucket.
+        bucket = min(self._bucket_of(event.ts), current)
+        if isinstance(event, Request):
+            key = ("request", event.cohort, "")
+            series = route.requests.get(event.cohort)
+            lat = () if event.latency_ms is None else (event.latency_ms,)
+            added = series.add(bucket, 1, 0 if event.ok else 1, 0, lat) if series else None
+        elif isinstance(event, Requests):
+            key = ("request", event.cohort, "")
+            series = route.requests.get(event.cohort)
+            added = (
+                series.add(bucket, event.count, event.errors, event.slow, event.latency_ms)
+                if series
+                else None
+            )
+        else:
+            assert isinstance(event, Gauge | Counter)
+            key = ("gauge" if isinstance(event, Gauge) else "counter", event.cohort, event.name)
+            table = route.gauges if isinstance(event, Gauge) else route.counters
+            sample = table.get((event.cohort, event.name))
+            added = sample.add(bucket, event.ts, event.value) if sample else None
+        if added is None:
+            self.stats.ignored += 1
+        elif not added:
+            self.stats.too_old += 1
+        else:
+            for trig in route.readers.get(key, ()):
+                trig.dirty = True
+
+    def _command(self, out: list[Decision], route: _Route | None, cmd: Command, now: float) -> None:
+        if route is None:
+            out.append(
+                RefusedDecision(
+                    ts=now, kind="refused", rollout=cmd.rollout or "", command=cmd.command,
+                    reason=f"unknown rollout {cmd.rollout!r}", actor=cmd.actor,
+                )
+            )
+            return
+        rollout = route.rollout
+        rollout.command(out, now, cmd.command, cmd.actor, cmd.percent, cmd.full)
+        if rollout.armed:
+            # A command may open the gate (resume) or arm triggers (start, retry).
+            self._slide(route, self._bucket_of(now))
+            rollout.evaluate(out, now)
+
+    # -- snapshot -----------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        state: dict[str, Any] = {
+            "version": SNAPSHOT_VERSION,
+            "now": self.now,
+            "head": self._head,
+            "stats": [getattr(self.stats, f) for f in EngineStats.__slots__],
+            "rollouts": {},
+        }
+        for name, route in self._routes.items():
+            state["rollouts"][name] = {
+                "rollout": route.rollout.dump(),
+                "requests": {c: s.dump() for c, s in route.requests.items()},
+                "gauges": [[c, n, s.dump()] for (c, n), s in route.gauges.items()],
+                "counters": [[c, n, s.dump()] for (c, n), s in route.counters.items()],
+            }
+        return msgspec.json.encode(state)
+
+    @classmethod
+    def restore(cls, spec: EngineSpec, snapshot: bytes) -> Engine:
+        """A new engine for `spec` in the state `snapshot` recorded.
+
+        Rollouts that the snapshot does not know start fresh; rollouts it knows but the spec
+        no longer defines are dropped.
+        """
+        state = msgspec.json.decode(snapshot)
+        if state.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported snapshot version {state.get('version')!r}")
+        engine = cls(spec)
+        engine.now = state["now"]
+        engine._head = state["head"]
+        for field, value in zip(EngineStats.__slots__, state["stats"], strict=True):
+            setattr(engine.stats, field, value)
+        for name, data in state["rollouts"].items():
+            route = engine._routes.get(name)
+            if route is not None:
+                _load_route(route, data)
+        return engine
+
+
+def _load_route(route: _Route, data: dict[str, Any]) -> None:
+    route.rollout.load(data["rollout"])
+    for cohort, dump in data["requests"].items():
+        if cohort in route.requests:
+            route.requests[cohort].load(dump)
+    for table, rows in ((route.gauges, data["gauges"]), (route.counters, data["counters"])):
+        for cohort, name, dump in rows:
+            if (cohort, name) in table:
+                table[(cohort, name)].load(dump)

@@ -1,0 +1,314 @@
+"""The rollout state machine: one table of (phase, event) -> phase, and a runtime that uses it.
+
+Rules:
+* Every phase change goes through TRANSITIONS; a command with no entry for the current phase
+  is refused with a reason and changes nothing.
+* STEPPING as a target means "progressing, or promoted when the new step is the last".
+* Steps advance only through the gate: hold (or bake) elapsed and no trigger pending, firing
+  or short of data. Rollback and abort always decide percent 0.
+* Triggers are armed in progressing, paused and promoted; a trigger marked
+  `after_completion` stays armed in completed too. Several firing at once are handled in
+  config order; after a rollback the rest of the evaluation is skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rolloutd.core.decisions import (
+    AlertDecision,
+    Decision,
+    PercentDecision,
+    PhaseDecision,
+    RefusedDecision,
+    TriggerDecision,
+    whole,
+)
+from rolloutd.core.spec import RolloutSpec
+from rolloutd.core.triggers import FIRING, INACTIVE, TriggerRuntime
+
+PENDING, PROGRESSING, PAUSED, PROMOTED = "pending", "progressing", "paused", "promoted"
+COMPLETED, ROLLED_BACK, ABORTED = "completed", "rolled_back", "aborted"
+PHASES = (PENDING, PROGRESSING, PAUSED, PROMOTED, COMPLETED, ROLLED_BACK, ABORTED)
+TERMINAL = (COMPLETED, ROLLED_BACK, ABORTED)
+ARMED = (PROGRESSING, PAUSED, PROMOTED)
+STEPPING = "stepping"
+
+COMMANDS = ("start", "promote", "pause", "resume", "abort", "retry", "rollback", "set_percent")
+# Events that are not commands: the clock and the triggers.
+HOLD_ELAPSED, BAKE_ELAPSED = "hold elapsed", "bake elapsed"
+TRIGGER_ROLLBACK, TRIGGER_PAUSE = "trigger rollback", "trigger pause"
+
+_STOPPABLE = (PENDING, PROGRESSING, PAUSED, PROMOTED, COMPLETED)
+TRANSITIONS: dict[tuple[str, str], str] = {
+    (PENDING, "start"): STEPPING,
+    (PROGRESSING, "promote"): STEPPING,
+    (PAUSED, "promote"): STEPPING,
+    (PROGRESSING, "pause"): PAUSED,
+    (PROMOTED, "pause"): PAUSED,
+    (PAUSED, "resume"): STEPPING,
+    (ROLLED_BACK, "retry"): STEPPING,
+    (ABORTED, "retry"): STEPPING,
+    (PROGRESSING, "set_percent"): PAUSED,
+    (PAUSED, "set_percent"): PAUSED,
+    (PROMOTED, "set_percent"): PAUSED,
+    (PROGRESSING, HOLD_ELAPSED): STEPPING,
+    (PROMOTED, BAKE_ELAPSED): COMPLETED,
+    (PROGRESSING, TRIGGER_ROLLBACK): ROLLED_BACK,
+    (PAUSED, TRIGGER_ROLLBACK): ROLLED_BACK,
+    (PROMOTED, TRIGGER_ROLLBACK): ROLLED_BACK,
+    (COMPLETED, TRIGGER_ROLLBACK): ROLLED_BACK,
+    (PROGRESSING, TRIGGER_PAUSE): PAUSED,
+    (PROMOTED, TRIGGER_PAUSE): PAUSED,
+    **{(phase, "abort"): ABORTED for phase in _STOPPABLE},
+    **{(phase, "rollback"): ROLLED_BACK for phase in _STOPPABLE},
+}
+
+
+def refusal_reason(phase: str, command: str) -> str:
+    allowed = sorted(p for (p, c) in TRANSITIONS if c == command)
+    return f"{command} does not apply in phase {phase} (only in {', '.join(allowed)})"
+
+
+class RolloutRuntime:
+    """The live state of one rollout and the decisions it makes."""
+
+    __slots__ = ("percent", "phase", "spec", "started_at", "step", "step_started", "triggers")
+
+    def __init__(self, spec: RolloutSpec, triggers: list[TriggerRuntime]) -> None:
+        self.spec = spec
+        self.triggers = triggers
+        self.phase = PENDING
+        self.step = 0  # index into spec.steps
+        self.step_started = 0.0  # when the current hold or bake began
+        self.percent = 0.0
+        self.started_at: float | None = None
+
+    @property
+    def last_step(self) -> int:
+        return len(self.spec.steps) - 1
+
+    @property
+    def armed(self) -> bool:
+        if self.phase in ARMED:
+            return True
+        return self.phase == COMPLETED and any(t.spec.after_completion for t in self.triggers)
+
+    # -- decisions ----------------------------------------------------------------------
+    def _percent(
+        self, out: list[Decision], now: float, reason: str, actor: str | None = None
+    ) -> None:
+        out.append(
+            PercentDecision(
+                ts=now,
+                kind="percent",
+                rollout=self.spec.name,
+                flag=self.spec.flag,
+                percent=whole(self.percent),
+                step=self.step + 1,
+                reason=reason,
+                actor=actor,
+            )
+        )
+
+    def _phase(
+        self, out: list[Decision], now: float, phase: str, reason: str, actor: str | None = None
+    ) -> None:
+        self.phase = phase
+        out.append(
+            PhaseDecision(
+                ts=now, kind="phase", rollout=self.spec.name, phase=phase, reason=reason,
+                actor=actor,
+            )
+        )
+
+    def _enter_step(
+        self, out: list[Decision], now: float, step: int, reason: str, actor: str | None = None
+    ) -> None:
+        """Move to `step` (percent decision), then to the phase the step implies."""
+        self.step = step
+        self.step_started = now
+        self.percent = self.spec.steps[step].percent
+        self._percent(out, now, reason, actor)
+        phase = PROMOTED if step == self.last_step else PROGRESSING
+        if phase != self.phase:
+            self._phase(out, now, phase, reason, actor)
+
+    def _stop(
+        self, out: list[Decision], now: float, phase: str, reason: str, phase_reason: str,
+        actor: str | None = None,
+    ) -> None:
+        self.percent = 0.0
+        self._percent(out, now, reason, actor)
+        self._phase(out, now, phase, phase_reason, actor)
+
+    def _reset_triggers(self, out: list[Decision], now: float) -> None:
+        """start/retry: triggers begin inactive; a firing one is resolved on the way."""
+        for trig in self.triggers:
+            if trig.state != INACTIVE:
+                self._trigger_decision(out, now, trig, INACTIVE)
+                if trig.state == FIRING:
+                    self._alert(out, now, trig, "resolved")
+            trig.reset()
+
+    def _trigger_decision(
+        self, out: list[Decision], now: float, trig: TriggerRuntime, state: str
+    ) -> None:
+        out.append(
+            TriggerDecision(
+                ts=now, kind="trigger", rollout=self.spec.name, trigger=trig.spec.name,
+                state=state, value=trig.value, threshold=trig.bound, samples=trig.samples,
+            )
+        )
+
+    def _alert(self, out: list[Decision], now: float, trig: TriggerRuntime, status: str) -> None:
+        out.append(
+            AlertDecision(
+                ts=now, kind="alert", rollout=self.spec.name, trigger=trig.spec.name,
+                severity=trig.spec.severity, status=status, action=trig.spec.action,
+            )
+        )
+
+    # -- the clock and the triggers -----------------------------------------------------
+    def start(self, out: list[Decision], now: float, reason: str, actor: str | None = None) -> None:
+        self.started_at = now
+        self._reset_triggers(out, now)
+        self._enter_step(out, now, 0, reason, actor)
+
+    def evaluate(self, out: list[Decision], now: float) -> None:
+        """One evaluation point: triggers first (they may act), then holds and bake."""
+        if self.armed and not self._run_triggers(out, now):
+            return
+        phase = self.phase
+        while phase == PROGRESSING and self._gate_open():
+            hold = self.spec.steps[self.step].hold
+            if now < self.step_started + hold:
+                break
+            self._enter_step(out, now, self.step + 1, HOLD_ELAPSED)
+            phase = self.phase
+        if (
+            phase == PROMOTED
+            and now >= self.step_started + self.spec.bake
+            and self._gate_open()
+        ):
+            self._phase(out, now, COMPLETED, BAKE_ELAPSED)
+
+    def _gate_open(self) -> bool:
+        return not any(trig.blocks for trig in self.triggers)
+
+    def _run_triggers(self, out: list[Decision], now: float) -> bool:
+        """Read and step every armed trigger; False if a rollback ended the evaluation."""
+        completed = self.phase == COMPLETED
+        for trig in self.triggers:
+            if completed and not trig.spec.after_completion:
+                continue
+            trig.read(now, self.started_at)
+            before = trig.state
+            change = trig.step(now)
+            if change is None:
+                continue
+            self._trigger_decision(out, now, trig, change)
+            if change == FIRING:
+                if not self._act(out, now, trig):
+                    return False
+            elif before == FIRING:
+                self._alert(out, now, trig, "resolved")
+        return True
+
+    def _act(self, out: list[Decision], now: float, trig: TriggerRuntime) -> bool:
+        """The firing trigger's action; False after a rollback."""
+        name = trig.spec.name
+        action = trig.spec.action
+        if action == "rollback" and (self.phase, TRIGGER_ROLLBACK) in TRANSITIONS:
+            self._stop(out, now, ROLLED_BACK, f"rollback: {name}", name)
+            self._alert(out, now, trig, "firing")
+            return False
+        if action == "pause" and (self.phase, TRIGGER_PAUSE) in TRANSITIONS:
+            self._phase(out, now, PAUSED, name)
+        self._alert(out, now, trig, "firing")
+        return True
+
+    # -- commands -----------------------------------------------------------------------
+    def command(
+        self,
+        out: list[Decision],
+        now: float,
+        command: str,
+        actor: str | None = None,
+        percent: float | None = None,
+        full: bool = False,
+    ) -> None:
+        target = TRANSITIONS.get((self.phase, command))
+        if target is None:
+            self._refuse(out, now, command, refusal_reason(self.phase, command), actor)
+            return
+        reason = f"command: {command}"
+        if command == "start" or command == "retry":
+            self.start(out, now, reason, actor)
+        elif command == "promote":
+            if self.step == self.last_step:
+                self._refuse(out, now, command, "already at the last step", actor)
+                return
+            self._enter_step(out, now, self.last_step if full else self.step + 1, reason, actor)
+        elif command == "resume":
+            self._resume(out, now, reason, actor)
+        elif command == "set_percent":
+            self._set_percent(out, now, percent, reason, actor)
+        elif command in ("abort", "rollback"):
+            self._stop(out, now, target, reason, reason, actor)
+        else:  # pause
+            self._phase(out, now, target, reason, actor)
+
+    def _refuse(
+        self, out: list[Decision], now: float, command: str, reason: str, actor: str | None
+    ) -> None:
+        out.append(
+            RefusedDecision(
+                ts=now, kind="refused", rollout=self.spec.name, command=command, reason=reason,
+                actor=actor,
+            )
+        )
+
+    def _resume(self, out: list[Decision], now: float, reason: str, actor: str | None) -> None:
+        self.step_started = now
+        step_percent = self.spec.steps[self.step].percent
+        if self.percent != step_percent:  # back from a manual set_percent
+            self.percent = step_percent
+            self._percent(out, now, reason, actor)
+        self._phase(out, now, PROMOTED if self.step == self.last_step else PROGRESSING, reason,
+                    actor)
+
+    def _set_percent(
+        self, out: list[Decision], now: float, percent: float | None, reason: str,
+        actor: str | None,
+    ) -> None:
+        """A manual percent: holds there (paused) until resume returns to the plan."""
+        assert percent is not None
+        self.percent = percent
+        below = [i for i, s in enumerate(self.spec.steps) if s.percent <= percent]
+        self.step = below[-1] if below else 0
+        self._percent(out, now, reason, actor)
+        if self.phase != PAUSED:
+            self._phase(out, now, PAUSED, reason, actor)
+
+    # -- snapshot -----------------------------------------------------------------------
+    def dump(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "step": self.step,
+            "step_started": self.step_started,
+            "percent": self.percent,
+            "started_at": self.started_at,
+            "triggers": {t.spec.name: t.dump() for t in self.triggers},
+        }
+
+    def load(self, data: dict[str, Any]) -> None:
+        self.phase = data["phase"]
+        self.step = min(data["step"], self.last_step)
+        self.step_started = data["step_started"]
+        self.percent = data["percent"]
+        self.started_at = data["started_at"]
+        for trig in self.triggers:
+            state = data["triggers"].get(trig.spec.name)
+            if state is not None:
+                trig.load(state)

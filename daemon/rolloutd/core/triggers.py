@@ -1,0 +1,207 @@
+"""Trigger evaluation: read a window, judge it, move the trigger's state.
+
+Rules:
+* A reading is three-valued: BREACH, OK or INSUFFICIENT (too few samples in any cohort the
+  trigger uses, or no value at all). Insufficient data never moves a trigger's state.
+* The bound is the threshold, the baseline (factor x the other cohort's value over the same
+  window), or both: max(...) for > and >=, min(...) for < and <=.
+* States: inactive -> pending (breach, `for` not yet elapsed) -> firing. `for: 0` goes
+  straight to firing. A pending or firing trigger returns to inactive only once the
+  condition has been false for one full bucket, so a metric that flaps faster than that
+  does not flap the trigger.
+* `unchanged` / `absent` read gauges and counters and can only be true once a whole window
+  has been observed since the rollout started.
+* Readings are cached: a trigger is re-read only when a series it reads changed (`dirty`)
+  or its result depends on the clock (presence ops).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any
+
+from rolloutd.core.spec import TriggerSpec
+from rolloutd.core.windows import RequestView, SampleSeries, SampleView
+
+OK, BREACH, INSUFFICIENT = 0, 1, 2
+INACTIVE, PENDING, FIRING = "inactive", "pending", "firing"
+
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+}
+_QUANTILES = {"latency_p50": 0.5, "latency_p90": 0.9, "latency_p95": 0.95, "latency_p99": 0.99}
+
+
+def request_value(metric: str, view: RequestView, seconds: float) -> float | None:
+    """A request metric over one view, or None when the window has no value for it."""
+    count = view.count
+    if metric == "request_rate":
+        return count / seconds
+    if metric in _QUANTILES:
+        return view.quantile(_QUANTILES[metric])
+    if count == 0:
+        return None
+    if metric == "error_rate":
+        return view.errors / count
+    return 1.0 - view.errors / count  # availability
+
+
+class TriggerRuntime:
+    """One trigger of one rollout: its spec, the views it reads, its state."""
+
+    __slots__ = (
+        "base_view",
+        "bound",
+        "bucket_seconds",
+        "dirty",
+        "ok_since",
+        "outcome",
+        "samples",
+        "sample_series",
+        "since",
+        "spec",
+        "state",
+        "value",
+        "view",
+        "window_seconds",
+    )
+
+    def __init__(
+        self,
+        spec: TriggerSpec,
+        view: RequestView | SampleView,
+        base_view: RequestView | SampleView | None,
+        sample_series: SampleSeries | None,
+        bucket_seconds: float,
+        window_seconds: float,
+    ) -> None:
+        self.spec = spec
+        self.view = view
+        self.base_view = base_view
+        self.sample_series = sample_series
+        self.bucket_seconds = bucket_seconds
+        self.window_seconds = window_seconds
+        self.state = INACTIVE
+        self.since: float | None = None  # when it became pending
+        self.ok_since: float | None = None  # first OK reading while pending or firing
+        self.outcome = INSUFFICIENT
+        self.value: float | None = None
+        self.bound: float | None = None
+        self.samples = 0
+        self.dirty = True
+
+    # -- reading ------------------------------------------------------------------------
+    def read(self, now: float, started_at: float | None) -> None:
+        """Refresh value, bound, samples and outcome from the windows."""
+        spec = self.spec
+        if spec.op == "unchanged" or spec.op == "absent":
+            self._read_presence(now, started_at)
+            return
+        if not self.dirty:
+            return
+        self.dirty = False
+        value, samples = self._measure(self.view)
+        self.value, self.samples = value, samples
+        if value is None or samples < spec.min_samples:
+            self.outcome = INSUFFICIENT
+            return
+        bound = spec.threshold
+        baseline = spec.baseline
+        if baseline is not None and self.base_view is not None:
+            base_value, base_samples = self._measure(self.base_view)
+            if base_value is None or base_samples < spec.min_samples:
+                self.bound = None
+                self.outcome = INSUFFICIENT
+                return
+            relative = baseline.factor * base_value
+            if bound is None:
+                bound = relative
+            elif spec.op in (">", ">="):
+                bound = max(bound, relative)
+            else:
+                bound = min(bound, relative)
+        assert bound is not None
+        self.bound = bound
+        self.outcome = BREACH if _COMPARE[spec.op](value, bound) else OK
+
+    def _measure(self, view: RequestView | SampleView) -> tuple[float | None, int]:
+        kind = self.spec.metric_kind
+        if isinstance(view, RequestView):
+            return request_value(self.spec.metric, view, self.window_seconds), view.count
+        if kind == "counter":
+            return view.total, view.samples
+        assert self.sample_series is not None
+        return self.sample_series.last(view.span), view.samples
+
+    def _read_presence(self, now: float, started_at: float | None) -> None:
+        view = self.view
+        assert isinstance(view, SampleView)
+        self.dirty = False
+        self.samples = view.samples
+        observed = started_at is not None and now - started_at >= self.window_seconds
+        if self.spec.op == "absent":
+            self.value = None
+            condition = observed and view.samples == 0
+        else:
+            kind = self.spec.metric_kind
+            if kind == "counter":
+                self.value = view.total
+                still = view.total == 0
+            else:
+                assert self.sample_series is not None
+                self.value = self.sample_series.last(view.span)
+                still = view.changes == 0
+            condition = observed and view.samples > 0 and still
+        self.bound = None
+        self.outcome = BREACH if condition else OK
+
+    # -- state --------------------------------------------------------------------------
+    def step(self, now: float) -> str | None:
+        """Apply the latest reading at `now`; the new state if it changed, else None."""
+        outcome = self.outcome
+        state = self.state
+        if outcome == INSUFFICIENT:
+            self.ok_since = None
+            return None
+        if outcome == BREACH:
+            self.ok_since = None
+            if state == INACTIVE:
+                if self.spec.for_ <= 0:
+                    self.state = FIRING
+                    return FIRING
+                self.state, self.since = PENDING, now
+                return PENDING
+            if state == PENDING:
+                assert self.since is not None
+                if now >= self.since + self.spec.for_:
+                    self.state = FIRING
+                    return FIRING
+            return None
+        if state == INACTIVE:
+            return None
+        if self.ok_since is None:
+            self.ok_since = now
+        if now >= self.ok_since + self.bucket_seconds:
+            self.state, self.since, self.ok_since = INACTIVE, None, None
+            return INACTIVE
+        return None
+
+    def reset(self) -> None:
+        self.state, self.since, self.ok_since = INACTIVE, None, None
+        self.dirty = True
+
+    @property
+    def blocks(self) -> bool:
+        """True while this trigger keeps the rollout from advancing."""
+        return self.state != INACTIVE or self.outcome == INSUFFICIENT
+
+    def dump(self) -> list[Any]:
+        return [self.state, self.since, self.ok_since]
+
+    def load(self, data: list[Any]) -> None:
+        self.state, self.since, self.ok_since = data
+        self.dirty = True

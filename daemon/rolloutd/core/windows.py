@@ -1,0 +1,401 @@
+"""Sliding windows over time buckets.
+
+Rules:
+* Time is given in whole bucket numbers (`floor(ts / bucket)`); callers convert. A window of
+  `span` buckets at head `h` holds buckets `h - span + 1 .. h`: the current partial bucket
+  plus the `span - 1` before it.
+* One ring per series, sized to the longest window that reads it, stores per-bucket partial
+  aggregates. Each distinct window length has a view with running sums: adding adds to every
+  view that covers the bucket, advancing subtracts the bucket that leaves each view. O(views)
+  per event, O(views) per bucket of advance, and a jump longer than the ring is a reset.
+* Memory is bounded by the ring length, never by the event rate: latencies are counted in a
+  log-bucket histogram (relative error <= 1%), not stored.
+* A sample older than the ring (`bucket <= head - ring`) is refused (`add` returns False).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+# Log-bucket histogram: bucket i holds values in (gamma^(i-1), gamma^i]; its representative
+# value 2 gamma^i / (gamma + 1) is within ALPHA of every value in it.
+ALPHA = 0.01
+GAMMA = (1 + ALPHA) / (1 - ALPHA)
+_LOG_GAMMA = math.log(GAMMA)
+MIN_LATENCY_MS = 1e-3  # smaller values count as 0
+MAX_LATENCY_MS = 1e8  # larger values are clamped (about 28 hours)
+_IDX_LOW = math.ceil(math.log(MIN_LATENCY_MS) / _LOG_GAMMA)
+_IDX_HIGH = math.ceil(math.log(MAX_LATENCY_MS) / _LOG_GAMMA)
+# Histogram slot 0 is "zero"; slot k >= 1 is log-bucket index _IDX_LOW + k - 1.
+HIST_SLOTS = _IDX_HIGH - _IDX_LOW + 2
+_FENWICK_TOP = 1 << (HIST_SLOTS.bit_length() - 1)
+
+
+def latency_slot(value_ms: float) -> int:
+    """The histogram slot of one latency."""
+    if value_ms < MIN_LATENCY_MS:
+        return 0
+    if value_ms >= MAX_LATENCY_MS:
+        return HIST_SLOTS - 1
+    return math.ceil(math.log(value_ms) / _LOG_GAMMA) - _IDX_LOW + 1
+
+
+def slot_value(slot: int) -> float:
+    """The representative latency of a histogram slot."""
+    if slot == 0:
+        return 0.0
+    return 2.0 * GAMMA ** (slot - 1 + _IDX_LOW) / (GAMMA + 1.0)
+
+
+class _Fenwick:
+    """Counts per histogram slot with O(log n) update and rank search."""
+
+    __slots__ = ("tree",)
+
+    def __init__(self) -> None:
+        self.tree = [0] * (HIST_SLOTS + 1)
+
+    def add(self, slot: int, delta: int) -> None:
+        tree = self.tree
+        i = slot + 1
+        n = HIST_SLOTS
+        while i <= n:
+            tree[i] += delta
+            i += i & -i
+
+    def search(self, rank: int) -> int:
+        """The smallest slot whose cumulative count exceeds `rank` (0-based)."""
+        tree = self.tree
+        pos = 0
+        step = _FENWICK_TOP
+        while step:
+            nxt = pos + step
+            if nxt <= HIST_SLOTS and tree[nxt] <= rank:
+                pos = nxt
+                rank -= tree[nxt]
+            step >>= 1
+        return pos  # 1-based position pos + 1 is the slot pos
+
+
+class RequestView:
+    """Running request aggregates over the last `span` buckets."""
+
+    __slots__ = ("count", "errors", "fenwick", "latencies", "slow", "span")
+
+    def __init__(self, span: int, track_latency: bool) -> None:
+        self.span = span
+        self.count = 0
+        self.errors = 0
+        self.slow = 0
+        self.latencies = 0
+        self.fenwick = _Fenwick() if track_latency else None
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile of the latencies in the view (lower rank rule), or None if empty."""
+        if self.fenwick is None or self.latencies == 0:
+            return None
+        rank = int(q * (self.latencies - 1))
+        return slot_value(self.fenwick.search(rank))
+
+
+class _Ring:
+    """Shared head/advance logic: subclasses keep per-bucket arrays and views."""
+
+    span_max: int
+    head: int | None
+    views: list[Any]
+
+    def _spans_init(self, spans: Iterable[int]) -> list[int]:
+        ordered = sorted(set(spans))
+        if not ordered or ordered[0] < 1:
+            raise ValueError("a series needs at least one window of >= 1 bucket")
+        self.span_max = ordered[-1]
+        self.head = None
+        return ordered
+
+    def view(self, span: int) -> Any:
+        for view in self.views:
+            if view.span == span:
+                return view
+        raise KeyError(span)
+
+    def advance(self, bucket: int) -> None:
+        """Move the head forward to `bucket`, evicting what leaves each window."""
+        head = self.head
+        if head is None:
+            self.head = bucket
+            return
+        if bucket <= head:
+            return
+        if bucket - head >= self.span_max:
+            self._reset()
+        else:
+            for b in range(head + 1, bucket + 1):
+                self._step(b)
+        self.head = bucket
+
+    def _place(self, bucket: int) -> bool:
+        """Advance for a new sample; False if the sample is older than the ring."""
+        head = self.head
+        if head is None or bucket > head:
+            self.advance(bucket)
+            return True
+        return bucket > head - self.span_max
+
+    def _step(self, bucket: int) -> None:
+        raise NotImplementedError
+
+    def _reset(self) -> None:
+        raise NotImplementedError
+
+
+class RequestSeries(_Ring):
+    """Requests of one (rollout, cohort): counts, errors, slow calls and latencies."""
+
+    __slots__ = ("_count", "_errors", "_hist", "_slow", "head", "span_max", "views")
+
+    def __init__(self, spans: Iterable[int], track_latency: bool = False) -> None:
+        ordered = self._spans_init(spans)
+        self.views: list[RequestView] = [RequestView(s, track_latency) for s in ordered]
+        n = self.span_max
+        self._count = [0] * n
+        self._errors = [0] * n
+        self._slow = [0] * n
+        self._hist: list[dict[int, int] | None] | None = [None] * n if track_latency else None
+
+    @property
+    def tracks_latency(self) -> bool:
+        return self._hist is not None
+
+    def add(
+        self,
+        bucket: int,
+        count: int,
+        errors: int,
+        slow: int = 0,
+        latencies: Sequence[float] = (),
+    ) -> bool:
+        if not self._place(bucket):
+            return False
+        head = self.head
+        assert head is not None
+        slot = bucket % self.span_max
+        self._count[slot] += count
+        self._errors[slot] += errors
+        self._slow[slot] += slow
+        lat_slots: list[int] = []
+        hist_ring = self._hist
+        if hist_ring is not None and latencies:
+            hist = hist_ring[slot]
+            if hist is None:
+                hist = hist_ring[slot] = {}
+            for value in latencies:
+                s = latency_slot(value)
+                hist[s] = hist.get(s, 0) + 1
+                lat_slots.append(s)
+        age = head - bucket
+        for view in self.views:
+            if age < view.span:
+                view.count += count
+                view.errors += errors
+                view.slow += slow
+                if view.fenwick is not None and lat_slots:
+                    view.latencies += len(lat_slots)
+                    for s in lat_slots:
+                        view.fenwick.add(s, 1)
+        return True
+
+    def _step(self, bucket: int) -> None:
+        n = self.span_max
+        for view in self.views:
+            old = (bucket - view.span) % n
+            view.count -= self._count[old]
+            view.errors -= self._errors[old]
+            view.slow -= self._slow[old]
+            if view.fenwick is not None and self._hist is not None:
+                hist = self._hist[old]
+                if hist:
+                    for s, c in hist.items():
+                        view.fenwick.add(s, -c)
+                        view.latencies -= c
+        slot = bucket % n
+        self._count[slot] = 0
+        self._errors[slot] = 0
+        self._slow[slot] = 0
+        if self._hist is not None:
+            self._hist[slot] = None
+
+    def _reset(self) -> None:
+        # Views are zeroed in place: triggers hold references to them.
+        for view in self.views:
+            view.count = view.errors = view.slow = view.latencies = 0
+            if view.fenwick is not None:
+                view.fenwick = _Fenwick()
+        n = self.span_max
+        self._count = [0] * n
+        self._errors = [0] * n
+        self._slow = [0] * n
+        if self._hist is not None:
+            self._hist = [None] * n
+
+    # -- snapshot -----------------------------------------------------------------------
+    def dump(self) -> dict[str, Any]:
+        """Non-empty buckets only; views are rebuilt on load."""
+        rows = []
+        if self.head is not None:
+            for b in range(self.head - self.span_max + 1, self.head + 1):
+                slot = b % self.span_max
+                hist = self._hist[slot] if self._hist is not None else None
+                if self._count[slot] or hist:
+                    h = sorted(hist.items()) if hist else []
+                    rows.append([b, self._count[slot], self._errors[slot], self._slow[slot], h])
+        return {"head": self.head, "rows": rows}
+
+    def load(self, data: dict[str, Any]) -> None:
+        self._reset()
+        self.head = data["head"]
+        for b, count, errors, slow, hist in data["rows"]:
+            self._add_raw(b, count, errors, slow, hist)
+
+    def _add_raw(self, bucket: int, count: int, errors: int, slow: int, hist: list[Any]) -> None:
+        self.add(bucket, count, errors, slow)
+        if self._hist is None or not hist:
+            return
+        slot = bucket % self.span_max
+        self._hist[slot] = {s: c for s, c in hist}
+        age = (self.head or 0) - bucket
+        for view in self.views:
+            if age < view.span and view.fenwick is not None:
+                for s, c in hist:
+                    view.fenwick.add(s, c)
+                    view.latencies += c
+
+
+class SampleView:
+    """Running gauge or counter aggregates over the last `span` buckets."""
+
+    __slots__ = ("changes", "samples", "span", "total")
+
+    def __init__(self, span: int) -> None:
+        self.span = span
+        self.samples = 0
+        self.total = 0.0
+        self.changes = 0
+
+
+class SampleSeries(_Ring):
+    """Gauge or counter samples of one (rollout, cohort, name).
+
+    Counters read `total` (the sum in the window); gauges read `last` (the newest sample in
+    the window) and `changes` (samples whose value differed from the sample before them; the
+    first sample ever is a change).
+    """
+
+    __slots__ = (
+        "_changes",
+        "_samples",
+        "_total",
+        "head",
+        "last_bucket",
+        "last_ts",
+        "last_value",
+        "span_max",
+        "views",
+    )
+
+    def __init__(self, spans: Iterable[int]) -> None:
+        ordered = self._spans_init(spans)
+        self.views: list[SampleView] = [SampleView(s) for s in ordered]
+        n = self.span_max
+        self._samples = [0] * n
+        self._total = [0.0] * n
+        self._changes = [0] * n
+        self.last_ts: float | None = None
+        self.last_value = 0.0
+        self.last_bucket = 0
+
+    def add(self, bucket: int, ts: float, value: float) -> bool:
+        if not self._place(bucket):
+            return False
+        head = self.head
+        assert head is not None
+        changed = self.last_ts is None or value != self.last_value
+        if self.last_ts is None or ts >= self.last_ts:
+            self.last_ts, self.last_value, self.last_bucket = ts, value, bucket
+        slot = bucket % self.span_max
+        self._samples[slot] += 1
+        self._total[slot] += value
+        self._changes[slot] += changed
+        age = head - bucket
+        for view in self.views:
+            if age < view.span:
+                view.samples += 1
+                view.total += value
+                view.changes += changed
+        return True
+
+    def last(self, span: int) -> float | None:
+        """The newest sample's value if it is inside the window of `span` buckets."""
+        if self.last_ts is None or self.head is None:
+            return None
+        if self.last_bucket <= self.head - span:
+            return None
+        return self.last_value
+
+    def _step(self, bucket: int) -> None:
+        n = self.span_max
+        for view in self.views:
+            old = (bucket - view.span) % n
+            view.samples -= self._samples[old]
+            view.changes -= self._changes[old]
+            # An empty window sums to exactly zero, whatever rounding the subtractions left.
+            view.total = view.total - self._total[old] if view.samples else 0.0
+        slot = bucket % n
+        self._samples[slot] = 0
+        self._total[slot] = 0.0
+        self._changes[slot] = 0
+
+    def _reset(self) -> None:
+        for view in self.views:
+            view.samples = view.changes = 0
+            view.total = 0.0
+        n = self.span_max
+        self._samples = [0] * n
+        self._total = [0.0] * n
+        self._changes = [0] * n
+
+    # -- snapshot -----------------------------------------------------------------------
+    def dump(self) -> dict[str, Any]:
+        rows = []
+        if self.head is not None:
+            for b in range(self.head - self.span_max + 1, self.head + 1):
+                slot = b % self.span_max
+                if self._samples[slot]:
+                    rows.append([b, self._samples[slot], self._total[slot], self._changes[slot]])
+        last = None if self.last_ts is None else [self.last_ts, self.last_value, self.last_bucket]
+        totals = [view.total for view in self.views]
+        return {"head": self.head, "rows": rows, "last": last, "totals": totals}
+
+    def load(self, data: dict[str, Any]) -> None:
+        self._reset()
+        self.head = data["head"]
+        n = self.span_max
+        for b, samples, total, changes in data["rows"]:
+            slot = b % n
+            self._samples[slot] = samples
+            self._total[slot] = total
+            self._changes[slot] = changes
+            for view in self.views:
+                if self.head - b < view.span:
+                    view.samples += samples
+                    view.changes += changes
+        # Sums are restored as they were, not re-added, so float rounding matches exactly.
+        for view, view_total in zip(self.views, data["totals"], strict=True):
+            view.total = view_total
+        last = data["last"]
+        if last is None:
+            self.last_ts = None
+        else:
+            self.last_ts, self.last_value, self.last_bucket = last
