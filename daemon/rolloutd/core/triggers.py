@@ -200,8 +200,15 @@ class TriggerRuntime:
         return self.state != INACTIVE or self.outcome == INSUFFICIENT
 
     def dump(self) -> list[Any]:
-        return [self.state, self.since, self.ok_since]
+        # The last reading is kept too: decisions made before the next read report it.
+        return [
+            self.state, self.since, self.ok_since,
+            self.outcome, self.value, self.bound, self.samples,
+        ]
 
     def load(self, data: list[Any]) -> None:
-        self.state, self.since, self.ok_since = data
+        (
+            self.state, self.since, self.ok_since,
+            self.outcome, self.value, self.bound, self.samples,
+        ) = data
         self.dirty = True
