@@ -8,12 +8,17 @@ sample of latencies. A seeded random generator makes every run the same.
 
 from __future__ import annotations
 
+import json
 import random
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from rolloutd.bucketing import in_rollout
+from rolloutd.core.engine import Engine
+from rolloutd.core.events import Rejection, decode_one
+from rolloutd.core.spec import EngineSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +37,7 @@ def steady(_cohort: str, _t: float) -> Health:
     return Health()
 
 
-@dataclass(slots=True)
+@dataclass
 class TrafficSimulator:
     rollout: str
     flag: str
@@ -74,3 +79,65 @@ class TrafficSimulator:
                 }
             )
         return events
+
+
+def closed_loop(
+    spec: EngineSpec,
+    simulators: list[TrafficSimulator],
+    start: float,
+    seconds: int,
+) -> Iterator[dict[str, Any]]:
+    """Events of `seconds` of traffic, each second split by the percent decided so far.
+
+    The engine runs alongside the traffic so the canary grows as the rollout advances, the
+    way real traffic would follow a real flag.
+    """
+    engine = Engine(spec)
+    for i in range(seconds):
+        ts = start + i
+        engine.advance(ts)
+        for sim in simulators:
+            percent = engine.rollout(sim.rollout).percent
+            for fields in sim.second(ts, float(i), percent):
+                decoded = decode_one(json.dumps(fields))
+                assert not isinstance(decoded, Rejection), decoded
+                engine.handle(decoded)
+                yield fields
+
+
+def incident_health(spike_at: float) -> HealthModel:
+    """Healthy on both sides until `spike_at`; then the canary fails 6% of requests."""
+
+    def health(cohort: str, t: float) -> Health:
+        if cohort == "canary" and t >= spike_at:
+            return Health(error_rate=0.06, latency_ms=95.0)
+        return Health()
+
+    return health
+
+
+INCIDENT_START = 1_763_719_200.0  # 2025-11-21T10:00:00Z
+
+
+def incident_events(spec: EngineSpec) -> Iterator[dict[str, Any]]:
+    """The bundled demo: checkout-v2 walks 5% -> 25% -> 50%, then the canary spikes."""
+    sim = TrafficSimulator(
+        rollout="checkout-v2", flag="new_checkout", rate=200, latency_samples=10,
+        health=incident_health(spike_at=330.0),
+    )
+    return closed_loop(spec, [sim], INCIDENT_START, 420)
+
+
+def main() -> None:
+    """Regenerate the bundled scenario: `python -m rolloutd.simulate CONFIG OUT`."""
+    from rolloutd.config import load_config
+
+    config_path, out_path = sys.argv[1], sys.argv[2]
+    spec = load_config(config_path).to_spec()
+    with open(out_path, "w", encoding="utf-8") as out:
+        for fields in incident_events(spec):
+            out.write(json.dumps(fields, separators=(",", ":")) + "\n")
+
+
+if __name__ == "__main__":
+    main()

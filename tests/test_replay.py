@@ -1,0 +1,116 @@
+"""`rolloutd replay` and `rolloutd demo` end to end, through the real command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rolloutd.config import load_config
+from rolloutd.simulate import incident_events
+
+ROOT = Path(__file__).parent.parent
+SCENARIOS = ROOT / "daemon" / "rolloutd" / "scenarios"
+DEMO_CONFIG = SCENARIOS / "checkout-incident.yaml"
+DEMO_EVENTS = SCENARIOS / "checkout-incident.jsonl"
+
+
+def rolloutd(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "rolloutd.cli", *args],
+        input=stdin,
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_demo_walks_the_canary_then_rolls_it_back() -> None:
+    result = rolloutd("demo")
+    assert result.returncode == 0, result.stderr
+    decisions = [json.loads(line) for line in result.stdout.splitlines()]
+    percents = [d["percent"] for d in decisions if d["kind"] == "percent"]
+    assert percents == [5, 25, 50, 0]
+    assert decisions[-1] == {
+        **decisions[-1],
+        "kind": "alert",
+        "status": "firing",
+        "trigger": "error-spike",
+    }
+    assert [d["phase"] for d in decisions if d["kind"] == "phase"] == ["progressing", "rolled_back"]
+    assert b"779 events, 0 invalid" in result.stderr
+
+
+def test_bundled_scenario_is_what_the_simulator_generates() -> None:
+    spec = load_config(DEMO_CONFIG).to_spec()
+    generated = [json.dumps(f, separators=(",", ":")) for f in incident_events(spec)]
+    assert DEMO_EVENTS.read_text().splitlines() == generated
+
+
+def test_replay_is_byte_for_byte_deterministic(tmp_path: Path) -> None:
+    first = rolloutd("replay", "--config", str(DEMO_CONFIG), str(DEMO_EVENTS))
+    out = tmp_path / "decisions.jsonl"
+    second = rolloutd("replay", "--config", str(DEMO_CONFIG), str(DEMO_EVENTS), "--out", str(out))
+    assert first.returncode == second.returncode == 0
+    assert first.stdout == out.read_bytes()
+    assert second.stdout == b""
+    assert len(first.stdout.splitlines()) == 9
+
+
+def test_invalid_lines_are_reported_with_line_numbers_and_skipped() -> None:
+    good = DEMO_EVENTS.read_bytes().splitlines()[:4]
+    lines = [
+        good[0],
+        b"{not json",
+        good[1],
+        b'{"ts": 1763719201, "type": "requests", "rollout": "checkout-v2", "count": 5, "errors": 9}',
+        b"",
+        b'{"ts": "yesterday", "type": "request", "ok": true}',
+        good[2],
+        b'{"ts": 1763719201, "type": "teleport"}',
+        good[3],
+    ]
+    result = rolloutd("replay", "--config", str(DEMO_CONFIG), "-", stdin=b"\n".join(lines) + b"\n")
+    assert result.returncode == 0
+    err = result.stderr.decode()
+    assert "line 2: bad_json" in err
+    assert "line 4: errors_exceed_count" in err
+    assert "line 6: bad_timestamp" in err
+    assert "line 8: unknown_type" in err
+    assert "9 lines, 4 events, 4 invalid" in err
+    # The good events still drive the engine: the rollout starts.
+    assert json.loads(result.stdout.splitlines()[0])["reason"] == "start"
+
+
+def test_refused_commands_are_decisions_and_noted_on_stderr() -> None:
+    lines = [
+        b'{"ts": 1763719200, "type": "command", "rollout": "checkout-v2", "command": "resume"}',
+        b'{"ts": 1763719201, "type": "command", "rollout": "checkout-v2", "command": "pause",'
+        b' "actor": "alice"}',
+    ]
+    result = rolloutd("replay", "--config", str(DEMO_CONFIG), "-", stdin=b"\n".join(lines))
+    decisions = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [d["kind"] for d in decisions] == ["percent", "phase", "refused", "phase"]
+    assert decisions[2]["command"] == "resume"
+    assert decisions[3] == {
+        "ts": 1763719201, "kind": "phase", "rollout": "checkout-v2", "phase": "paused",
+        "reason": "command: pause", "actor": "alice",
+    }
+    assert b"refused at 1763719200" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["replay", "--config", "missing.yaml", "x.jsonl"], b"missing.yaml"),
+        (["replay", "--config", str(DEMO_CONFIG), "missing.jsonl"], b"missing.jsonl"),
+    ],
+)
+def test_missing_files_are_clear_errors(args: list[str], message: bytes) -> None:
+    result = rolloutd(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert b"Traceback" not in result.stderr
