@@ -1,0 +1,694 @@
+"""The YAML configuration file: load it, check it, hand the core plain specs.
+
+Rules: unknown keys are errors, and every error names its path (`rollouts[1].steps[0].hold`).
+`${VAR}` and `${VAR:-default}` are expanded in string values after YAML parsing, so an unset
+variable is reported where it is used. Secrets are SecretStr: no repr, error or summary shows
+them. A Config is always valid: cross-references are checked when it is built.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from itertools import pairwise
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from rolloutd.core import spec
+from rolloutd.durations import Duration, PositiveDuration, format_duration
+
+
+def _matching(pattern: str, message: str) -> AfterValidator:
+    """Validator for strings matching `pattern`; `message` may show the value as {value!r}."""
+    regex = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if regex.fullmatch(value):
+            return value
+        raise ValueError(message.format(value=value))
+
+    return AfterValidator(check)
+
+
+def _schema(pattern: str) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", "pattern": f"^({pattern})$"})
+
+
+NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+# Names end up in URLs, metric labels and MQTT topics, hence the small alphabet.
+Name = Annotated[
+    str, _matching(NAME, "not a valid name: {value!r} (letters, digits, '.', '_', '-')"),
+    _schema(NAME),
+]
+Text = Annotated[str, Field(min_length=1)]
+METRIC = "|".join(spec.REQUEST_METRICS) + r"|(gauge|counter):\S+"
+Metric = Annotated[
+    str, _matching(METRIC, "not a metric: {value!r} (expected error_rate, availability, "
+                   "request_rate, latency_p50/90/95/99, gauge:<name> or counter:<name>)"),
+    _schema(METRIC),
+]
+# URLs may carry credentials, so their messages never repeat the value.
+HTTP_URL = r"https?://\S+"
+HttpUrl = Annotated[str, _matching(HTTP_URL, "not an http(s) URL"), _schema(HTTP_URL)]
+MQTT_URL = r"mqtts?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?/?"
+MqttUrl = Annotated[
+    str, _matching(MQTT_URL, "not an mqtt(s)://host[:port] URL (no credentials)"),
+    _schema(MQTT_URL),
+]
+LISTEN = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}"
+Listen = Annotated[str, _matching(LISTEN, "not a host:port address: {value!r}"), _schema(LISTEN)]
+Op = Literal[">", ">=", "<", "<=", "unchanged", "absent"]
+Severity = Literal["critical", "warning", "info"]
+
+
+def _one_or_many(value: object) -> object:
+    return (value,) if isinstance(value, str) else value
+
+
+def _comma_list(value: object) -> object:
+    return tuple(part.strip() for part in value.split(",")) if isinstance(value, str) else value
+
+
+Topics = Annotated[
+    tuple[Text, ...], BeforeValidator(_one_or_many, json_schema_input_type=str | list[str])
+]
+Servers = Annotated[
+    tuple[Text, ...],
+    BeforeValidator(_comma_list, json_schema_input_type=str | list[str]),
+    Field(min_length=1),
+]
+
+
+def _invalid(at: str, message: str) -> PydanticCustomError:
+    """An error that points below the model reporting it: `at` is appended to the path."""
+    return PydanticCustomError("rolloutd", "{message}", {"at": at, "message": message})
+
+
+class _Model(BaseModel):
+    # `.inf` and `.nan` are valid YAML floats but never a sensible threshold or factor.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class Baseline(_Model):
+    """Relative bound: `factor` x the same metric over the same window in another cohort."""
+
+    cohort: Text = "control"
+    factor: float = Field(gt=0)
+
+
+class Trigger(_Model):
+    """A rollback trigger: a condition over a sliding window, and what to do when it holds."""
+
+    metric: Metric
+    cohort: Text = "canary"
+    window: PositiveDuration
+    op: Op
+    threshold: float | None = None
+    baseline: Baseline | None = None
+    for_: Duration = Field(0.0, alias="for")
+    min_samples: int = Field(0, ge=0)
+    action: Literal["rollback", "pause", "alert"] = "rollback"
+    severity: Severity = "critical"
+    after_completion: bool = False
+
+    @model_validator(mode="after")
+    def _check_op(self) -> Self:
+        if self.op in spec.COMPARISON_OPS:
+            if self.threshold is None and self.baseline is None:
+                raise _invalid("", f"op {self.op!r} needs a threshold, a baseline or both")
+        elif self.metric in spec.REQUEST_METRICS:
+            raise _invalid("op", f"{self.op!r} applies only to gauge: and counter: metrics, "
+                           f"not {self.metric!r}")
+        else:
+            for key in ("threshold", "baseline"):
+                if getattr(self, key) is not None:
+                    raise _invalid(key, f"not allowed with op {self.op!r}")
+        if self.baseline is not None and self.baseline.cohort == self.cohort:
+            raise _invalid("baseline.cohort", f"must differ from the cohort {self.cohort!r}")
+        return self
+
+    def to_spec(self, name: str) -> spec.TriggerSpec:
+        relative = self.baseline
+        baseline = None if relative is None else spec.Baseline(relative.cohort, relative.factor)
+        return spec.TriggerSpec(
+            name=name, metric=self.metric, op=self.op, window=self.window, cohort=self.cohort,
+            threshold=self.threshold, baseline=baseline, for_=self.for_,
+            min_samples=self.min_samples, action=self.action, severity=self.severity,
+            after_completion=self.after_completion,
+        )
+
+
+class InlineTrigger(Trigger):
+    """A trigger defined inside one rollout; it needs its own name."""
+
+    name: Name
+
+
+def _trigger_ref_kind(value: object) -> str | None:
+    if isinstance(value, str):
+        return "name"
+    return "inline" if isinstance(value, dict | InlineTrigger) else None
+
+
+TriggerRef = Annotated[
+    Annotated[str, Tag("name")] | Annotated[InlineTrigger, Tag("inline")],
+    Discriminator(_trigger_ref_kind, custom_error_type="trigger_ref",
+                  custom_error_message="expected a trigger name or an inline trigger mapping"),
+]
+
+
+class Step(_Model):
+    percent: float = Field(ge=0, le=100)
+    hold: Duration | None = None
+
+
+class Rollout(_Model):
+    """One flag moved through steps, guarded by triggers."""
+
+    name: Name
+    flag: Name
+    start: Literal["immediately", "manual"] = "immediately"
+    steps: tuple[Step, ...] = Field(min_length=1)
+    bake: Duration = 0.0
+    triggers: tuple[TriggerRef, ...] = ()
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> Self:
+        for index, (before, step) in enumerate(pairwise(self.steps), start=1):
+            if step.percent <= before.percent:
+                raise _invalid(f"steps[{index}].percent", "percents must increase: "
+                               f"{step.percent:g} after {before.percent:g}")
+        for index, step in enumerate(self.steps[:-1]):
+            if step.hold is None:
+                raise _invalid(f"steps[{index}].hold", "required on every step but the last")
+        seen: set[str] = set()
+        for index, ref in enumerate(self.triggers):
+            name = ref if isinstance(ref, str) else ref.name
+            if name in seen:
+                raise _invalid(f"triggers[{index}]", f"trigger {name!r} is listed twice")
+            seen.add(name)
+        return self
+
+
+class _TlsFiles(_Model):
+    ca_file: Text | None = None
+    cert_file: Text | None = None
+    key_file: Text | None = None
+
+    @model_validator(mode="after")
+    def _check_pair(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "cert_file" if self.cert_file is None else "key_file"
+            raise _invalid(missing, "cert_file and key_file go together")
+        return self
+
+
+class KafkaSecurity(_TlsFiles):
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    username: Text | None = None
+    password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _check_protocol(self) -> Self:
+        sasl, tls = self.protocol.startswith("SASL_"), self.protocol.endswith("SSL")
+        for key in ("sasl_mechanism", "username", "password"):
+            if sasl != (getattr(self, key) is not None):
+                how = "required" if sasl else "not used"
+                raise _invalid(key, f"{how} with protocol {self.protocol}")
+        for key in ("ca_file", "cert_file"):
+            if not tls and getattr(self, key) is not None:
+                raise _invalid(key, f"not used with protocol {self.protocol}")
+        return self
+
+
+class KafkaTopics(_Model):
+    metrics: Topics = ("rollout.metrics",)
+    commands: Text | None = "rollout.commands"
+
+
+class KafkaSource(_Model):
+    bootstrap_servers: Servers
+    group_id: Text = "rolloutd"
+    client_id: Text = "rolloutd"
+    topics: KafkaTopics = KafkaTopics()
+    security: KafkaSecurity = KafkaSecurity()
+    auto_offset_reset: Literal["earliest", "latest"] = "latest"
+
+
+class MqttSource(_TlsFiles):
+    url: MqttUrl
+    topics: Topics = ()
+    client_id: Text = "rolloutd"
+    username: Text | None = None
+    password: SecretStr | None = None
+    qos: Literal[0, 1, 2] = 1
+    clean_session: bool = True
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Self:
+        if self.password is not None and self.username is None:
+            raise _invalid("username", "required with password")
+        tls = next((k for k in ("ca_file", "cert_file") if getattr(self, k) is not None), None)
+        if tls and not self.url.startswith("mqtts://"):
+            raise _invalid(tls, "needs an mqtts:// url")
+        return self
+
+
+class Sources(_Model):
+    kafka: KafkaSource | None = None
+    mqtt: MqttSource | None = None
+
+
+class KafkaSink(_Model):
+    flags_topic: Text = "rollout.flags"
+    decisions_topic: Text = "rollout.decisions"
+
+
+class MqttSink(_Model):
+    flags_prefix: Text = "rollouts/flags"
+
+
+class Sinks(_Model):
+    kafka: KafkaSink | None = None
+    mqtt: MqttSink | None = None
+
+
+class State(_Model):
+    path: Text = "./rolloutd-state.db"
+
+
+class Http(_Model):
+    listen: Listen = "127.0.0.1:9108"
+    token: SecretStr | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class Engine(_Model):
+    bucket: PositiveDuration = 1.0
+
+
+class _Alert(_Model):
+    name: Name
+    # None lets every severity / rollout through; an empty list would silence the notifier.
+    severities: Annotated[tuple[Severity, ...], Field(min_length=1)] | None = None
+    rollouts: Annotated[tuple[Name, ...], Field(min_length=1)] | None = None
+    send_resolved: bool = True
+    timeout: PositiveDuration = 10.0
+
+    def accepts(self, rollout: str, severity: str) -> bool:
+        """Whether this notifier wants an alert; an absent filter lets everything through."""
+        return (self.rollouts is None or rollout in self.rollouts) and (
+            self.severities is None or severity in self.severities
+        )
+
+
+class PagerDutyAlert(_Alert):
+    type: Literal["pagerduty"]
+    routing_key: SecretStr
+    url: HttpUrl = "https://events.pagerduty.com/v2/enqueue"
+
+
+class SlackAlert(_Alert):
+    type: Literal["slack"]
+    webhook_url: SecretStr
+
+
+class AlertmanagerAlert(_Alert):
+    type: Literal["alertmanager"]
+    url: HttpUrl
+    headers: dict[Text, SecretStr] = Field(default_factory=dict)
+
+
+class WebhookAlert(_Alert):
+    type: Literal["webhook"]
+    url: HttpUrl
+    headers: dict[Text, SecretStr] = Field(default_factory=dict)
+
+
+Alert = Annotated[
+    PagerDutyAlert | SlackAlert | AlertmanagerAlert | WebhookAlert, Field(discriminator="type")
+]
+
+
+class Config(_Model):
+    """The whole file. Build it with `load_config` or `parse_config`.
+
+    `Config.model_validate` works too, but raises ConfigError for cross-reference problems.
+    """
+
+    triggers: dict[Name, Trigger] = Field(default_factory=dict)
+    rollouts: tuple[Rollout, ...] = ()
+    engine: Engine = Engine()
+    sources: Sources = Sources()
+    sinks: Sinks = Sinks()
+    state: State = State()
+    http: Http = Http()
+    alerts: tuple[Alert, ...] = ()
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Self:
+        # Raised past pydantic on purpose: these errors already carry exact paths.
+        errors = [*self._rollout_errors(), *self._window_errors(), *self._service_errors()]
+        if errors:
+            raise ConfigError(errors)
+        return self
+
+    def _rollout_errors(self) -> Iterator[str]:
+        first_at: dict[str, int] = {}
+        flag_owner: dict[str, str] = {}
+        for index, rollout in enumerate(self.rollouts):
+            at = f"rollouts[{index}]"
+            if rollout.name in first_at:
+                yield (f"{at}.name: duplicate rollout name {rollout.name!r} "
+                       f"(also rollouts[{first_at[rollout.name]}])")
+            first_at.setdefault(rollout.name, index)
+            owner = flag_owner.setdefault(rollout.flag, rollout.name)
+            if owner != rollout.name:
+                yield f"{at}.flag: flag {rollout.flag!r} is already driven by rollout {owner!r}"
+            for position, ref in enumerate(rollout.triggers):
+                if isinstance(ref, str) and ref not in self.triggers:
+                    yield (f"{at}.triggers[{position}]: unknown trigger {ref!r}"
+                           f"{_suggest(ref, self.triggers)}")
+
+    def _inline_and_named_triggers(self) -> Iterator[tuple[str, Trigger]]:
+        for name, trigger in self.triggers.items():
+            yield f"triggers.{name}", trigger
+        for index, rollout in enumerate(self.rollouts):
+            for position, ref in enumerate(rollout.triggers):
+                if not isinstance(ref, str):
+                    yield f"rollouts[{index}].triggers[{position}]", ref
+
+    def _window_errors(self) -> Iterator[str]:
+        bucket = self.engine.bucket
+        for at, trigger in self._inline_and_named_triggers():
+            count = trigger.window / bucket
+            # Tolerance, because 1.5s over 250ms buckets is 6 even if the division wobbles.
+            if round(count) < 1 or abs(count - round(count)) > 1e-6:
+                yield (f"{at}.window: {format_duration(trigger.window)} is not a whole number of "
+                       f"{format_duration(bucket)} buckets (engine.bucket)")
+
+    def _service_errors(self) -> Iterator[str]:
+        seen: set[str] = set()
+        rollouts = {rollout.name for rollout in self.rollouts}
+        for index, alert in enumerate(self.alerts):
+            if alert.name in seen:
+                yield f"alerts[{index}].name: duplicate notifier name {alert.name!r}"
+            seen.add(alert.name)
+            for position, name in enumerate(alert.rollouts or ()):
+                if name not in rollouts:
+                    yield f"alerts[{index}].rollouts[{position}]: unknown rollout {name!r}"
+        for kind in ("kafka", "mqtt"):
+            if getattr(self.sinks, kind) is not None and getattr(self.sources, kind) is None:
+                yield f"sinks.{kind}: needs sources.{kind} (the {kind} connection is shared)"
+
+    def to_spec(self) -> spec.EngineSpec:
+        """The engine's view: names resolved, durations in seconds, the last hold zero."""
+        return spec.EngineSpec(
+            rollouts=tuple(self._rollout_spec(rollout) for rollout in self.rollouts),
+            bucket=self.engine.bucket,
+        )
+
+    def _rollout_spec(self, rollout: Rollout) -> spec.RolloutSpec:
+        last = len(rollout.steps) - 1
+        steps = tuple(
+            spec.StepSpec(step.percent, 0.0 if index == last else step.hold or 0.0)
+            for index, step in enumerate(rollout.steps)
+        )
+        triggers = tuple(
+            self.triggers[ref].to_spec(ref) if isinstance(ref, str) else ref.to_spec(ref.name)
+            for ref in rollout.triggers
+        )
+        return spec.RolloutSpec(name=rollout.name, flag=rollout.flag, steps=steps,
+                                triggers=triggers, start=rollout.start, bake=rollout.bake)
+
+    def summary(self) -> str:
+        """A few lines a person can check against intent; never shows a secret."""
+        engine = self.to_spec()
+        lines = [f"{len(engine.rollouts)} rollout(s), bucket {format_duration(engine.bucket)}"]
+        for rollout in engine.rollouts:
+            lines += _describe_rollout(rollout)
+        used = {t.name for rollout in engine.rollouts for t in rollout.triggers}
+        if unused := sorted(set(self.triggers) - used):
+            lines.append(f"unused triggers: {', '.join(unused)}")
+        lines += self._describe_services()
+        return "\n".join(lines)
+
+    def _describe_services(self) -> list[str]:
+        lines = [
+            f"{name}: {', '.join(k for k in ('kafka', 'mqtt') if getattr(section, k)) or 'none'}"
+            for name, section in (("sources", self.sources), ("sinks", self.sinks))
+        ]
+        token = "token set" if self.http.token else "no token: mutations refused"
+        alerts = ", ".join(f"{alert.name} ({alert.type})" for alert in self.alerts)
+        return [*lines, f"state: {self.state.path}", f"http: {self.http.listen} ({token})",
+                f"alerts: {alerts or 'none'}"]
+
+
+def _describe_rollout(rollout: spec.RolloutSpec) -> list[str]:
+    steps = " -> ".join(
+        f"{step.percent:g}%" + (f" {format_duration(step.hold)}" if step.hold else "")
+        for step in rollout.steps
+    )
+    lines = [
+        f"rollout {rollout.name}: flag {rollout.flag}, start {rollout.start}",
+        f"  steps: {steps}, bake {format_duration(rollout.bake)}",
+    ]
+    lines += [f"  trigger {_describe_trigger(trigger)}" for trigger in rollout.triggers]
+    return lines if rollout.triggers else [*lines, "  no triggers"]
+
+
+def _describe_trigger(trigger: spec.TriggerSpec) -> str:
+    condition = f"{trigger.metric}[{trigger.cohort}] {trigger.op}"
+    relative = trigger.baseline and f"{trigger.baseline.factor:g}x {trigger.baseline.cohort}"
+    if trigger.threshold is not None and relative:
+        bound = "max" if trigger.op in (">", ">=") else "min"
+        condition += f" {bound}({trigger.threshold:g}, {relative})"
+    elif trigger.threshold is not None or relative:
+        condition += f" {relative or format(trigger.threshold, 'g')}"
+    text = f"{trigger.name}: {condition} over {format_duration(trigger.window)}"
+    if trigger.for_:
+        text += f" for {format_duration(trigger.for_)}"
+    if trigger.min_samples:
+        text += f", min {trigger.min_samples} samples"
+    text += f" -> {trigger.action} ({trigger.severity})"
+    return text + (", armed after completion" if trigger.after_completion else "")
+
+
+class ConfigError(Exception):
+    """An invalid configuration; `errors` holds one "<path>: <message>" line per problem."""
+
+    def __init__(self, errors: Sequence[str], source: str = "<string>") -> None:
+        self.errors = list(errors)
+        self.source = source
+        super().__init__(self.errors)
+
+    def __str__(self) -> str:
+        return "\n  ".join([f"{self.source}: invalid configuration", *self.errors])
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    source = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError([f"{source}: cannot read: {reason}"], source) from None
+    return parse_config(text, source, env)
+
+
+def parse_config(
+    text: str, source: str = "<string>", env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate YAML `text`; `env` (default os.environ) feeds `${VAR}` references."""
+    data = _load_yaml(text, source)
+    errors: list[str] = []
+    data = _expand(data, os.environ if env is None else env, "", errors)
+    if errors:
+        raise ConfigError(errors, source)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_format_error(e, data) for e in exc.errors()], source) from None
+    except ConfigError as exc:
+        raise ConfigError(exc.errors, source) from None
+
+
+def config_json_schema() -> dict[str, Any]:
+    """JSON Schema of the file for editors (durations are a string or a number of seconds)."""
+    schema = Config.model_json_schema(by_alias=True, mode="validation")
+    schema["title"] = "rolloutd configuration"
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # merged keys may be overridden on purpose
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _load_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "yaml"
+        context = f" ({exc.context})" if exc.context else ""
+        raise ConfigError([f"{where}: {exc.problem}{context}"], source) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"yaml: {exc}"], source) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"(top level): expected a mapping, got {_describe(data)}"], source)
+    return data
+
+
+_REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
+_VARIABLE = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(:-(?P<default>.*))?", re.DOTALL)
+
+
+def _expand(node: Any, env: Mapping[str, str], path: str, errors: list[str]) -> Any:
+    """`node` with `${VAR}` references in its strings expanded; problems go to `errors`."""
+    if isinstance(node, dict):
+        return {key: _expand(value, env, _join(path, key), errors) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_expand(value, env, f"{path}[{i}]", errors) for i, value in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$${":
+            return "${"
+        variable = _VARIABLE.fullmatch(match.group(1) or "")
+        if variable is None:
+            # Never quote the text: it may be a secret that merely contains "${".
+            errors.append(f"{path}: bad ${{...}} reference (use ${{NAME}}, ${{NAME:-default}}, "
+                          "or $${ for a literal ${)")
+            return ""
+        value = env.get(variable["name"])
+        if not value and variable["default"] is not None:
+            return variable["default"]
+        if value is None:
+            errors.append(f"{path}: environment variable {variable['name']} is not set")
+        return value or ""
+
+    return _REFERENCE.sub(replace, node)
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+_SECRET_KEYS = frozenset({"password", "token", "routing_key", "webhook_url", "headers"})
+_EXPECTED = {"string": "a string", "float": "a number", "int": "a whole number",
+             "bool": "true or false", "model": "a mapping", "dict": "a mapping", "tuple": "a list"}
+_MESSAGES = {
+    "missing": "required",
+    "literal_error": "expected {expected}, got {got}",
+    "greater_than": "must be > {gt}, got {got}",
+    "greater_than_equal": "must be >= {ge}, got {got}",
+    "less_than_equal": "must be <= {le}, got {got}",
+    "too_short": "must not be empty",
+    "string_too_short": "must not be empty",
+    "finite_number": "must be a finite number",
+    "union_tag_invalid": "unknown {discriminator} {tag!r}: expected {expected_tags}",
+    "union_tag_not_found": "required key {discriminator} is missing",
+    **{f"{kind}_{how}": f"expected {what}, got {{got}}" for kind, what in _EXPECTED.items()
+       for how in ("type", "parsing", "from_float")},
+}
+
+
+def _format_error(error: ErrorDetails, data: Any) -> str:
+    """One pydantic error as "<path>: <message>", its path in the file's own terms."""
+    parts, secret = _locate(error["loc"], data, missing=error["type"] == "missing")
+    ctx = error.get("ctx", {})
+    if error["type"] == "extra_forbidden":
+        key = str(error["loc"][-1])
+        parts, message = parts[:-1], f"unknown key {key!r}{_suggest(key, _KNOWN_KEYS)}"
+    elif error["type"] in ("rolloutd", "value_error"):
+        message = str(ctx.get("message", ctx.get("error")))
+        parts += [f".{ctx['at']}"] if ctx.get("at") else []
+    elif error["type"] in _MESSAGES:
+        got = _describe(error["input"], hide=secret)
+        shown = {key: f"{v:g}" if isinstance(v, float) else v for key, v in ctx.items()}
+        message = _MESSAGES[error["type"]].format(got=got, **shown)
+    else:
+        message = error["msg"]
+    path = "".join(parts).lstrip(".") or "(top level)"
+    return f"{path}: {message}"
+
+
+def _locate(loc: tuple[int | str, ...], data: Any, missing: bool) -> tuple[list[str], bool]:
+    """Path parts for `loc` and whether it is under a secret key.
+
+    pydantic puts union tags ("pagerduty", "inline") into locations; following the input data
+    instead keeps exactly the keys and indexes the file has.
+    """
+    parts: list[str] = []
+    secret, node = False, data
+    for key in loc:
+        secret = secret or key in _SECRET_KEYS
+        if isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node):
+            parts.append(f"[{key}]")
+            node = node[key]
+        elif isinstance(node, dict) and key in node:
+            parts.append(f".{key}")
+            node = node[key]
+    # A missing key is not in the data, but it is the point of the message.
+    return [*parts, f".{loc[-1]}"] if missing else parts, secret
+
+
+def _describe(value: object, hide: bool = False) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, dict | list):
+        return "a mapping" if isinstance(value, dict) else "a list"
+    return f"a value of type {type(value).__name__}" if hide else repr(value)
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _all_keys(model: type[BaseModel]) -> Iterator[str]:
+    for field_name, field in model.model_fields.items():
+        yield field.alias or field_name
+    for sub in model.__subclasses__():
+        yield from _all_keys(sub)
+
+
+# Every key any section accepts: enough to suggest the intended spelling of a typo.
+_KNOWN_KEYS = frozenset(_all_keys(_Model))
