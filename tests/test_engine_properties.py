@@ -3,11 +3,11 @@ commands and restarts from snapshots."""
 
 from __future__ import annotations
 
-from helpers import T0, batch, command, error_trigger, event, rollout
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from helpers import T0, batch, command, error_trigger, event, rollout
 from rolloutd.core.decisions import Decision, encode
 from rolloutd.core.engine import Engine
 from rolloutd.core.rollout import COMMANDS
@@ -17,18 +17,31 @@ SPEC = EngineSpec(
     rollouts=(
         rollout(
             error_trigger(window=10.0, for_=3.0, min_samples=20),
-            error_trigger(name="slow", metric="latency_p99", threshold=500.0, baseline=None,
-                          window=5.0, for_=0.0, min_samples=5, action="pause"),
-            TriggerSpec(name="stall", metric="gauge:progress", op="unchanged", window=20.0,
-                        action="alert"),
+            error_trigger(
+                name="slow",
+                metric="latency_p99",
+                threshold=500.0,
+                baseline=None,
+                window=5.0,
+                for_=0.0,
+                min_samples=5,
+                action="pause",
+            ),
+            TriggerSpec(
+                name="stall", metric="gauge:progress", op="unchanged", window=20.0, action="alert"
+            ),
             steps=(StepSpec(5, 15), StepSpec(25, 15), StepSpec(100)),
             bake=20.0,
         ),
         rollout(
-            error_trigger(name="other", baseline=None, min_samples=0, for_=0.0,
-                          after_completion=True),
-            name="side", flag="side_flag", start="manual",
-            steps=(StepSpec(50, 5), StepSpec(100)), bake=5.0,
+            error_trigger(
+                name="other", baseline=None, min_samples=0, for_=0.0, after_completion=True
+            ),
+            name="side",
+            flag="side_flag",
+            start="manual",
+            steps=(StepSpec(50, 5), StepSpec(100)),
+            bake=5.0,
         ),
     ),
 )
@@ -75,8 +88,16 @@ class EngineMachine(RuleBasedStateMachine):
         which=st.sampled_from(["co", "side"]),
         late=st.floats(0.0, 4.0),
     )
-    def traffic(self, dt: float, cohort: str, count: int, bad: float, lat: list[float],
-                which: str, late: float) -> None:
+    def traffic(
+        self,
+        dt: float,
+        cohort: str,
+        count: int,
+        bad: float,
+        lat: list[float],
+        which: str,
+        late: float,
+    ) -> None:
         self.ts += dt
         ev = batch(self.ts - late, cohort, count, int(count * bad), latency_ms=lat, rollout=which)
         self._both("handle", ev)
@@ -86,8 +107,12 @@ class EngineMachine(RuleBasedStateMachine):
         self.ts += dt
         self._both("handle", event(ts=self.ts, type="gauge", name="progress", value=value))
 
-    @rule(cmd=st.sampled_from(COMMANDS), which=st.sampled_from(["co", "side"]),
-          full=st.booleans(), pct=st.integers(0, 100))
+    @rule(
+        cmd=st.sampled_from(COMMANDS),
+        which=st.sampled_from(["co", "side"]),
+        full=st.booleans(),
+        pct=st.integers(0, 100),
+    )
     def operator(self, cmd: str, which: str, full: bool, pct: int) -> None:
         extra = {"percent": pct} if cmd == "set_percent" else {}
         self._both("handle", command(self.ts, cmd, rollout=which, full=full, **extra))

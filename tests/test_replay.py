@@ -66,7 +66,8 @@ def test_invalid_lines_are_reported_with_line_numbers_and_skipped() -> None:
         good[0],
         b"{not json",
         good[1],
-        b'{"ts": 1763719201, "type": "requests", "rollout": "checkout-v2", "count": 5, "errors": 9}',
+        b'{"ts": 1763719201, "type": "requests", "rollout": "checkout-v2",'
+        b' "count": 5, "errors": 9}',
         b"",
         b'{"ts": "yesterday", "type": "request", "ok": true}',
         good[2],
@@ -96,8 +97,12 @@ def test_refused_commands_are_decisions_and_noted_on_stderr() -> None:
     assert [d["kind"] for d in decisions] == ["percent", "phase", "refused", "phase"]
     assert decisions[2]["command"] == "resume"
     assert decisions[3] == {
-        "ts": 1763719201, "kind": "phase", "rollout": "checkout-v2", "phase": "paused",
-        "reason": "command: pause", "actor": "alice",
+        "ts": 1763719201,
+        "kind": "phase",
+        "rollout": "checkout-v2",
+        "phase": "paused",
+        "reason": "command: pause",
+        "actor": "alice",
     }
     assert b"refused at 1763719200" in result.stderr
 

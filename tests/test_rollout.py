@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from helpers import T0, batch, command, drive, engine, error_trigger, kinds, rollout, steady
 
+from helpers import T0, batch, command, drive, engine, error_trigger, kinds, rollout, steady
 from rolloutd.core.decisions import to_dict
 from rolloutd.core.rollout import (
     ABORTED,
@@ -58,9 +58,7 @@ def test_table_mentions_only_known_phases_and_commands() -> None:
 # -- commands -------------------------------------------------------------------------------
 
 # (phase reached by the setup commands, command) -> accepted?
-ACCEPTS = {
-    (phase, cmd): (phase, cmd) in TRANSITIONS for phase in PHASES for cmd in COMMANDS
-}
+ACCEPTS = {(phase, cmd): (phase, cmd) in TRANSITIONS for phase in PHASES for cmd in COMMANDS}
 
 
 def _to_phase(phase: str) -> list:
@@ -93,8 +91,9 @@ def test_each_command_in_each_phase_is_applied_or_refused(phase: str, cmd: str) 
     extra = {"percent": 40} if cmd == "set_percent" else {}
     out = [to_dict(d) for d in eng.handle(command(ts + 1, cmd, actor="alice", **extra))]
     refused = kinds(out, "refused")
-    if ACCEPTS[(phase, cmd)] and not (cmd == "promote" and phase in ("promoted", "paused")
-                                      and eng.rollout("co").step == 2):
+    if ACCEPTS[(phase, cmd)] and not (
+        cmd == "promote" and phase in ("promoted", "paused") and eng.rollout("co").step == 2
+    ):
         assert refused == []
         assert out, "an accepted command decides something"
         assert all(d.get("actor") == "alice" for d in out if d["kind"] in ("percent", "phase"))
@@ -127,7 +126,10 @@ def test_promote_restarts_the_hold_and_full_goes_to_the_last_step() -> None:
     eng2 = engine(rollout())
     eng2.handle(batch(T0, "canary", 1))
     out = eng2.handle(command(T0 + 1, "promote", full=True))
-    assert [(d.kind, getattr(d, "phase", None)) for d in out] == [("percent", None), ("phase", "promoted")]
+    assert [(d.kind, getattr(d, "phase", None)) for d in out] == [
+        ("percent", None),
+        ("phase", "promoted"),
+    ]
 
 
 def test_pause_holds_and_resume_restarts_the_hold() -> None:
@@ -161,8 +163,10 @@ def test_retry_into_a_breach_still_in_the_window_rolls_back_again() -> None:
     out = [to_dict(d) for d in eng.handle(command(T0 + 5.5, "retry"))]
     # Retry resets the firing trigger (resolved), restarts at step 1, and the breach still
     # in the window rolls it back at once.
-    assert [(d["kind"], d.get("state") or d.get("phase") or d.get("status") or d.get("percent"))
-            for d in out] == [
+    assert [
+        (d["kind"], d.get("state") or d.get("phase") or d.get("status") or d.get("percent"))
+        for d in out
+    ] == [
         ("trigger", "inactive"),
         ("alert", "resolved"),
         ("percent", 5),

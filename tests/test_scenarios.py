@@ -13,14 +13,15 @@ from helpers import (
     rollout,
     steady,
 )
-
 from rolloutd.core.spec import StepSpec, TriggerSpec
 
 
 def test_healthy_canary_walks_every_step_on_schedule() -> None:
     eng = engine(rollout(error_trigger()))
     decisions = drive(eng, steady(0.001, 0.001, count=200), 400)
-    percents = [(d["ts"] - T0, d["percent"], d["step"], d["reason"]) for d in kinds(decisions, "percent")]
+    percents = [
+        (d["ts"] - T0, d["percent"], d["step"], d["reason"]) for d in kinds(decisions, "percent")
+    ]
     # Starts at the first event (T0 + 0.25); each hold of 60 s elapses at the first
     # evaluation point at or after its deadline: the canary event of that second.
     assert percents == [
@@ -130,8 +131,12 @@ def test_flapping_within_a_bucket_is_absorbed_by_the_resolve_delay() -> None:
 
 def test_stalled_gauge_fires_unchanged() -> None:
     stall = TriggerSpec(
-        name="backfill-stalled", metric="gauge:migration_progress", op="unchanged",
-        window=120.0, action="alert", severity="warning",
+        name="backfill-stalled",
+        metric="gauge:migration_progress",
+        op="unchanged",
+        window=120.0,
+        action="alert",
+        severity="warning",
     )
     eng = engine(rollout(stall, steps=(StepSpec(5, 3600), StepSpec(100))))
 
@@ -153,7 +158,10 @@ def test_stalled_gauge_fires_unchanged() -> None:
 
 def test_absent_gauge_fires_only_after_a_whole_window() -> None:
     gone = TriggerSpec(
-        name="heartbeat-gone", metric="gauge:heartbeat", op="absent", window=30.0,
+        name="heartbeat-gone",
+        metric="gauge:heartbeat",
+        op="absent",
+        window=30.0,
         action="pause",
     )
     eng = engine(rollout(gone, steps=(StepSpec(5, 3600), StepSpec(100))))

@@ -57,7 +57,7 @@ class TrafficSimulator:
         for _ in range(self.rate):
             key = f"user-{rng.randrange(1_000_000)}"
             split["canary" if in_rollout(self.flag, key, percent) else "control"] += 1
-        events = []
+        events: list[dict[str, Any]] = []
         for cohort, count in split.items():
             if count == 0:
                 continue
@@ -122,7 +122,10 @@ INCIDENT_START = 1_763_719_200.0  # 2025-11-21T10:00:00Z
 def incident_events(spec: EngineSpec) -> Iterator[dict[str, Any]]:
     """The bundled demo: checkout-v2 walks 5% -> 25% -> 50%, then the canary spikes."""
     sim = TrafficSimulator(
-        rollout="checkout-v2", flag="new_checkout", rate=200, latency_samples=10,
+        rollout="checkout-v2",
+        flag="new_checkout",
+        rate=200,
+        latency_samples=10,
         health=incident_health(spike_at=330.0),
     )
     return closed_loop(spec, [sim], INCIDENT_START, 420)

@@ -101,7 +101,7 @@ def _trigger_runtime(route: _Route, trig: TriggerSpec, bucket: float) -> Trigger
     kind = trig.metric_kind
     if kind == "request":
         series: RequestSeries | SampleSeries = route.requests[trig.cohort]
-        base = route.requests[trig.baseline.cohort] if trig.baseline else None
+        base: RequestSeries | SampleSeries | None = route.requests[trig.baseline.cohort] if trig.baseline else None
     else:
         table = route.gauges if kind == "gauge" else route.counters
         series = table[(trig.cohort, trig.metric_name)]
@@ -126,7 +126,9 @@ class Engine:
         self.stats = EngineStats()
         self.now: float | None = None  # the engine's time; None before the first call
         self._head = 0  # the last bucket boundary evaluated
-        self._routes: dict[str, _Route] = {r.name: _build_route(r, spec.bucket) for r in spec.rollouts}
+        self._routes: dict[str, _Route] = {
+            r.name: _build_route(r, spec.bucket) for r in spec.rollouts
+        }
         self._order = list(self._routes.values())
 
     # -- introspection ------------------------------------------------------------------
@@ -245,8 +247,12 @@ class Engine:
         if route is None:
             out.append(
                 RefusedDecision(
-                    ts=now, kind="refused", rollout=cmd.rollout or "", command=cmd.command,
-                    reason=f"unknown rollout {cmd.rollout!r}", actor=cmd.actor,
+                    ts=now,
+                    kind="refused",
+                    rollout=cmd.rollout or "",
+                    command=cmd.command,
+                    reason=f"unknown rollout {cmd.rollout!r}",
+                    actor=cmd.actor,
                 )
             )
             return

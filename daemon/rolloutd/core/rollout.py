@@ -117,7 +117,11 @@ class RolloutRuntime:
         self.phase = phase
         out.append(
             PhaseDecision(
-                ts=now, kind="phase", rollout=self.spec.name, phase=phase, reason=reason,
+                ts=now,
+                kind="phase",
+                rollout=self.spec.name,
+                phase=phase,
+                reason=reason,
                 actor=actor,
             )
         )
@@ -135,7 +139,12 @@ class RolloutRuntime:
             self._phase(out, now, phase, reason, actor)
 
     def _stop(
-        self, out: list[Decision], now: float, phase: str, reason: str, phase_reason: str,
+        self,
+        out: list[Decision],
+        now: float,
+        phase: str,
+        reason: str,
+        phase_reason: str,
         actor: str | None = None,
     ) -> None:
         self.percent = 0.0
@@ -156,16 +165,27 @@ class RolloutRuntime:
     ) -> None:
         out.append(
             TriggerDecision(
-                ts=now, kind="trigger", rollout=self.spec.name, trigger=trig.spec.name,
-                state=state, value=trig.value, threshold=trig.bound, samples=trig.samples,
+                ts=now,
+                kind="trigger",
+                rollout=self.spec.name,
+                trigger=trig.spec.name,
+                state=state,
+                value=trig.value,
+                threshold=trig.bound,
+                samples=trig.samples,
             )
         )
 
     def _alert(self, out: list[Decision], now: float, trig: TriggerRuntime, status: str) -> None:
         out.append(
             AlertDecision(
-                ts=now, kind="alert", rollout=self.spec.name, trigger=trig.spec.name,
-                severity=trig.spec.severity, status=status, action=trig.spec.action,
+                ts=now,
+                kind="alert",
+                rollout=self.spec.name,
+                trigger=trig.spec.name,
+                severity=trig.spec.severity,
+                status=status,
+                action=trig.spec.action,
             )
         )
 
@@ -186,11 +206,7 @@ class RolloutRuntime:
                 break
             self._enter_step(out, now, self.step + 1, HOLD_ELAPSED)
             phase = self.phase
-        if (
-            phase == PROMOTED
-            and now >= self.step_started + self.spec.bake
-            and self._gate_open()
-        ):
+        if phase == PROMOTED and now >= self.step_started + self.spec.bake and self._gate_open():
             self._phase(out, now, COMPLETED, BAKE_ELAPSED)
 
     def _gate_open(self) -> bool:
@@ -264,7 +280,11 @@ class RolloutRuntime:
     ) -> None:
         out.append(
             RefusedDecision(
-                ts=now, kind="refused", rollout=self.spec.name, command=command, reason=reason,
+                ts=now,
+                kind="refused",
+                rollout=self.spec.name,
+                command=command,
+                reason=reason,
                 actor=actor,
             )
         )
@@ -275,11 +295,16 @@ class RolloutRuntime:
         if self.percent != step_percent:  # back from a manual set_percent
             self.percent = step_percent
             self._percent(out, now, reason, actor)
-        self._phase(out, now, PROMOTED if self.step == self.last_step else PROGRESSING, reason,
-                    actor)
+        self._phase(
+            out, now, PROMOTED if self.step == self.last_step else PROGRESSING, reason, actor
+        )
 
     def _set_percent(
-        self, out: list[Decision], now: float, percent: float | None, reason: str,
+        self,
+        out: list[Decision],
+        now: float,
+        percent: float | None,
+        reason: str,
         actor: str | None,
     ) -> None:
         """A manual percent: holds there (paused) until resume returns to the plan."""

@@ -60,8 +60,8 @@ class TriggerRuntime:
         "dirty",
         "ok_since",
         "outcome",
-        "samples",
         "sample_series",
+        "samples",
         "since",
         "spec",
         "state",
@@ -202,13 +202,23 @@ class TriggerRuntime:
     def dump(self) -> list[Any]:
         # The last reading is kept too: decisions made before the next read report it.
         return [
-            self.state, self.since, self.ok_since,
-            self.outcome, self.value, self.bound, self.samples,
+            self.state,
+            self.since,
+            self.ok_since,
+            self.outcome,
+            self.value,
+            self.bound,
+            self.samples,
         ]
 
     def load(self, data: list[Any]) -> None:
         (
-            self.state, self.since, self.ok_since,
-            self.outcome, self.value, self.bound, self.samples,
+            self.state,
+            self.since,
+            self.ok_since,
+            self.outcome,
+            self.value,
+            self.bound,
+            self.samples,
         ) = data
         self.dirty = True

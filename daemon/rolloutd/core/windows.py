@@ -273,24 +273,41 @@ class RequestSeries(_Ring):
                     view.latencies += c
 
 
+# Sums are kept exactly, as integers in units of the smallest float (2**-1074): every float
+# is a whole number of those, so adding and evicting never leaves a rounding residue and a
+# window of zeros sums to exactly 0.
+_EXACT_SCALE = 2**1074
+
+
+def _exact(value: float) -> int:
+    numerator, denominator = value.as_integer_ratio()
+    return numerator * (_EXACT_SCALE // denominator)
+
+
 class SampleView:
     """Running gauge or counter aggregates over the last `span` buckets."""
 
-    __slots__ = ("changes", "samples", "span", "total")
+    __slots__ = ("changes", "exact_total", "samples", "span")
 
     def __init__(self, span: int) -> None:
         self.span = span
         self.samples = 0
-        self.total = 0.0
+        self.exact_total = 0
         self.changes = 0
+
+    @property
+    def total(self) -> float:
+        """The sum of the samples in the window, correctly rounded."""
+        return self.exact_total / _EXACT_SCALE
 
 
 class SampleSeries(_Ring):
     """Gauge or counter samples of one (rollout, cohort, name).
 
     Counters read `total` (the sum in the window); gauges read `last` (the newest sample in
-    the window) and `changes` (samples whose value differed from the sample before them; the
-    first sample ever is a change).
+    the window, by event time) and `changes`: samples whose value differed from the newest
+    sample seen before them (the first sample ever is a change). A late sample is compared
+    with the newest one, and never replaces it as `last`.
     """
 
     __slots__ = (
@@ -310,7 +327,7 @@ class SampleSeries(_Ring):
         self.views: list[SampleView] = [SampleView(s) for s in ordered]
         n = self.span_max
         self._samples = [0] * n
-        self._total = [0.0] * n
+        self._total = [0] * n
         self._changes = [0] * n
         self.last_ts: float | None = None
         self.last_value = 0.0
@@ -326,13 +343,14 @@ class SampleSeries(_Ring):
             self.last_ts, self.last_value, self.last_bucket = ts, value, bucket
         slot = bucket % self.span_max
         self._samples[slot] += 1
-        self._total[slot] += value
+        exact = _exact(value)
+        self._total[slot] += exact
         self._changes[slot] += changed
         age = head - bucket
         for view in self.views:
             if age < view.span:
                 view.samples += 1
-                view.total += value
+                view.exact_total += exact
                 view.changes += changed
         return True
 
@@ -350,20 +368,18 @@ class SampleSeries(_Ring):
             old = (bucket - view.span) % n
             view.samples -= self._samples[old]
             view.changes -= self._changes[old]
-            # An empty window sums to exactly zero, whatever rounding the subtractions left.
-            view.total = view.total - self._total[old] if view.samples else 0.0
+            view.exact_total -= self._total[old]
         slot = bucket % n
         self._samples[slot] = 0
-        self._total[slot] = 0.0
+        self._total[slot] = 0
         self._changes[slot] = 0
 
     def _reset(self) -> None:
         for view in self.views:
-            view.samples = view.changes = 0
-            view.total = 0.0
+            view.samples = view.changes = view.exact_total = 0
         n = self.span_max
         self._samples = [0] * n
-        self._total = [0.0] * n
+        self._total = [0] * n
         self._changes = [0] * n
 
     # -- snapshot -----------------------------------------------------------------------
@@ -375,8 +391,7 @@ class SampleSeries(_Ring):
                 if self._samples[slot]:
                     rows.append([b, self._samples[slot], self._total[slot], self._changes[slot]])
         last = None if self.last_ts is None else [self.last_ts, self.last_value, self.last_bucket]
-        totals = [view.total for view in self.views]
-        return {"head": self.head, "rows": rows, "last": last, "totals": totals}
+        return {"head": self.head, "rows": rows, "last": last}
 
     def load(self, data: dict[str, Any]) -> None:
         self._reset()
@@ -390,10 +405,8 @@ class SampleSeries(_Ring):
             for view in self.views:
                 if self.head - b < view.span:
                     view.samples += samples
+                    view.exact_total += total
                     view.changes += changes
-        # Sums are restored as they were, not re-added, so float rounding matches exactly.
-        for view, view_total in zip(self.views, data["totals"], strict=True):
-            view.total = view_total
         last = data["last"]
         if last is None:
             self.last_ts = None
