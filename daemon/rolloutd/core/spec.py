@@ -49,7 +49,7 @@ class TriggerSpec:
 
     @property
     def metric_kind(self) -> str:
-        """"request", "gauge" or "counter"."""
+        """ "request", "gauge" or "counter"."""
         head, sep, _ = self.metric.partition(":")
         return head if sep else "request"
 
