@@ -26,7 +26,7 @@ from rolloutd.core.decisions import Decision, RefusedDecision
 from rolloutd.core.events import Command, Counter, Event, Gauge, Request, Requests
 from rolloutd.core.rollout import RolloutRuntime
 from rolloutd.core.spec import EngineSpec, RolloutSpec, TriggerSpec
-from rolloutd.core.triggers import TriggerRuntime
+from rolloutd.core.triggers import INSUFFICIENT, TriggerRuntime
 from rolloutd.core.windows import RequestSeries, SampleSeries
 
 SNAPSHOT_VERSION = 1
@@ -44,11 +44,14 @@ class EngineStats:
 class _Route:
     """Everything one rollout's events touch."""
 
-    __slots__ = ("counters", "gauges", "head", "readers", "requests", "rollout")
+    __slots__ = ("counters", "gauges", "head", "quiet", "readers", "requests", "rollout")
 
     def __init__(self, rollout: RolloutRuntime) -> None:
         self.rollout = rollout
         self.head: int | None = None  # the bucket every series was last slid to
+        # Quiet: every window is empty and every trigger short of data, so until the next
+        # event a bucket boundary cannot change anything (no state moves, the gate is shut).
+        self.quiet = False
         self.requests: dict[str, RequestSeries] = {}
         self.gauges: dict[tuple[str, str], SampleSeries] = {}
         self.counters: dict[tuple[str, str], SampleSeries] = {}
@@ -101,7 +104,9 @@ def _trigger_runtime(route: _Route, trig: TriggerSpec, bucket: float) -> Trigger
     kind = trig.metric_kind
     if kind == "request":
         series: RequestSeries | SampleSeries = route.requests[trig.cohort]
-        base: RequestSeries | SampleSeries | None = route.requests[trig.baseline.cohort] if trig.baseline else None
+        base: RequestSeries | SampleSeries | None = (
+            route.requests[trig.baseline.cohort] if trig.baseline else None
+        )
     else:
         table = route.gauges if kind == "gauge" else route.counters
         series = table[(trig.cohort, trig.metric_name)]
@@ -120,8 +125,9 @@ def _trigger_runtime(route: _Route, trig: TriggerSpec, bucket: float) -> Trigger
 class Engine:
     """All rollouts of one config, driven by events and the caller's clock."""
 
-    def __init__(self, spec: EngineSpec) -> None:
+    def __init__(self, spec: EngineSpec, *, skip_quiet: bool = True) -> None:
         self.spec = spec
+        self.skip_quiet = skip_quiet  # off only to check that skipping changes nothing
         self.bucket = spec.bucket
         self.stats = EngineStats()
         self.now: float | None = None  # the engine's time; None before the first call
@@ -167,12 +173,17 @@ class Engine:
 
     def _ticks(self, out: list[Decision], last: int) -> None:
         bucket = self.bucket
+        routes = [r for r in self._order if r.rollout.armed and not r.quiet]
         for b in range(self._head + 1, last + 1):
+            if not routes:
+                break  # a long silence costs nothing once every rollout is quiet
             boundary = b * bucket
-            for route in self._order:
-                if route.rollout.armed:
-                    self._slide(route, b)
-                    route.rollout.evaluate(out, boundary)
+            for route in routes:
+                self._slide(route, b)
+                route.rollout.evaluate(out, boundary)
+                if self.skip_quiet:
+                    route.quiet = _is_quiet(route)
+            routes = [r for r in routes if r.rollout.armed and not r.quiet]
         self._head = max(self._head, last)
 
     @staticmethod
@@ -208,6 +219,7 @@ class Engine:
             self.stats.unrouted += 1
             return out
         current = self._bucket_of(now)
+        route.quiet = False
         self._slide(route, current)
         self._ingest(route, event, current)
         route.rollout.evaluate(out, now)
@@ -257,6 +269,7 @@ class Engine:
             )
             return
         rollout = route.rollout
+        route.quiet = False
         rollout.command(out, now, cmd.command, cmd.actor, cmd.percent, cmd.full)
         if rollout.armed:
             # A command may open the gate (resume) or arm triggers (start, retry).
@@ -282,7 +295,7 @@ class Engine:
         return msgspec.json.encode(state)
 
     @classmethod
-    def restore(cls, spec: EngineSpec, snapshot: bytes) -> Engine:
+    def restore(cls, spec: EngineSpec, snapshot: bytes, *, skip_quiet: bool = True) -> Engine:
         """A new engine for `spec` in the state `snapshot` recorded.
 
         Rollouts that the snapshot does not know start fresh; rollouts it knows but the spec
@@ -291,7 +304,7 @@ class Engine:
         state = msgspec.json.decode(snapshot)
         if state.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported snapshot version {state.get('version')!r}")
-        engine = cls(spec)
+        engine = cls(spec, skip_quiet=skip_quiet)
         engine.now = state["now"]
         engine._head = state["head"]
         for field, value in zip(EngineStats.__slots__, state["stats"], strict=True):
@@ -301,6 +314,16 @@ class Engine:
             if route is not None:
                 _load_route(route, data)
         return engine
+
+
+def _is_quiet(route: _Route) -> bool:
+    triggers = route.rollout.triggers
+    if not triggers or any(t.outcome != INSUFFICIENT for t in triggers):
+        return False
+    if any(v.count for s in route.requests.values() for v in s.views):
+        return False
+    samples = (*route.gauges.values(), *route.counters.values())
+    return not any(v.samples for s in samples for v in s.views)
 
 
 def _load_route(route: _Route, data: dict[str, Any]) -> None:
