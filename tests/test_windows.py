@@ -602,12 +602,6 @@ def test_changes_survive_a_reset() -> None:
     assert series.view(2).changes == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="bug: `SampleView.total` raises OverflowError once the exact sum passes the "
-    "largest float (two valid counter events of 1e308)",
-)
 @pytest.mark.parametrize(("value", "total"), [(1e308, math.inf), (-1e308, -math.inf)])
 def test_total_past_the_largest_float(value: float, total: float) -> None:
     series = SampleSeries([3])

@@ -15,7 +15,6 @@ Rules:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +43,7 @@ class EngineStats:
 class _Route:
     """Everything one rollout's events touch."""
 
-    __slots__ = ("counters", "gauges", "head", "quiet", "readers", "requests", "rollout")
+    __slots__ = ("counters", "gauges", "head", "quiet", "requests", "rollout")
 
     def __init__(self, rollout: RolloutRuntime) -> None:
         self.rollout = rollout
@@ -55,8 +54,6 @@ class _Route:
         self.requests: dict[str, RequestSeries] = {}
         self.gauges: dict[tuple[str, str], SampleSeries] = {}
         self.counters: dict[tuple[str, str], SampleSeries] = {}
-        # Which triggers read a (kind, cohort, name) series: they are re-read when it changes.
-        self.readers: dict[tuple[str, str, str], list[TriggerRuntime]] = {}
 
 
 def _spans(triggers: Iterable[TriggerSpec], bucket: float) -> dict[tuple[str, str, str], set[int]]:
@@ -91,11 +88,7 @@ def _build_route(spec: RolloutSpec, bucket: float) -> _Route:
         else:
             route.counters[(cohort, name)] = SampleSeries(lengths)
     for trig in spec.triggers:
-        runtime = _trigger_runtime(route, trig, bucket)
-        route.rollout.triggers.append(runtime)
-        name = "" if trig.metric_kind == "request" else trig.metric_name
-        for cohort in _cohorts(trig):
-            route.readers.setdefault((trig.metric_kind, cohort, name), []).append(runtime)
+        route.rollout.triggers.append(_trigger_runtime(route, trig, bucket))
     return route
 
 
@@ -112,7 +105,7 @@ def _trigger_runtime(route: _Route, trig: TriggerSpec, bucket: float) -> Trigger
         series = table[(trig.cohort, trig.metric_name)]
         base = table[(trig.baseline.cohort, trig.metric_name)] if trig.baseline else None
     sample_series = series if isinstance(series, SampleSeries) else None
-    return TriggerRuntime(
+    runtime = TriggerRuntime(
         trig,
         series.view(span),
         base.view(span) if base is not None else None,
@@ -120,6 +113,11 @@ def _trigger_runtime(route: _Route, trig: TriggerSpec, bucket: float) -> Trigger
         bucket,
         span * bucket,
     )
+    # The trigger is read again whenever a series it reads takes a sample.
+    series.readers.append(runtime)
+    if base is not None:
+        base.readers.append(runtime)
+    return runtime
 
 
 class Engine:
@@ -146,7 +144,7 @@ class Engine:
         return [route.rollout for route in self._order]
 
     def _bucket_of(self, ts: float) -> int:
-        return math.floor(ts / self.bucket)
+        return int(ts // self.bucket)
 
     # -- time ---------------------------------------------------------------------------
     def begin(self, now: float) -> list[Decision]:
@@ -167,7 +165,9 @@ class Engine:
         if self.now is None:
             out.extend(self.begin(now))
         elif now > self.now:
-            self._ticks(out, self._bucket_of(now))
+            last = self._bucket_of(now)
+            if last > self._head:
+                self._ticks(out, last)
             self.now = now
         return out
 
@@ -205,55 +205,61 @@ class Engine:
     def handle(self, event: Event, now: float | None = None) -> list[Decision]:
         """Take one event at `now` (default: the later of the engine's time and the event's)."""
         ts = event.ts
+        current_now = self.now
         if now is None:
-            now = ts if self.now is None or ts > self.now else self.now
-        out = self.advance(now)
-        self.stats.events += 1
-        if ts < now - self.bucket:
-            self.stats.late += 1
+            now = ts if current_now is None or ts > current_now else current_now
+        out = self.advance(now) if current_now is None or now > current_now else []
+        stats = self.stats
+        stats.events += 1
+        bucket = self.bucket
+        if ts < now - bucket:
+            stats.late += 1
         route = self._routes.get(event.rollout) if event.rollout is not None else None
-        if isinstance(event, Command):
+        if type(event) is Command:
             self._command(out, route, event, now)
             return out
         if route is None:
-            self.stats.unrouted += 1
+            stats.unrouted += 1
             return out
-        current = self._bucket_of(now)
+        current = int(now // bucket)
         route.quiet = False
-        self._slide(route, current)
-        self._ingest(route, event, current)
+        if route.head is None or route.head < current:
+            self._slide(route, current)
+        # An event from the future (clock skew) counts in the current bucket.
+        event_bucket = int(ts // bucket)
+        added = self._ingest(route, event, event_bucket if event_bucket < current else current)
+        if added is None:
+            stats.ignored += 1
+        elif not added:
+            stats.too_old += 1
         route.rollout.evaluate(out, now)
         return out
 
-    def _ingest(self, route: _Route, event: Event, current: int) -> None:
-        # An event from the future (clock skew) counts in the current bucket.
-        bucket = min(self._bucket_of(event.ts), current)
-        if isinstance(event, Request):
-            key = ("request", event.cohort, "")
+    @staticmethod
+    def _ingest(route: _Route, event: Event, bucket: int) -> bool | None:
+        """Add the event to its series: None if no trigger reads it, False if too old."""
+        series: RequestSeries | SampleSeries | None
+        if type(event) is Request:
             series = route.requests.get(event.cohort)
-            lat = () if event.latency_ms is None else (event.latency_ms,)
-            added = series.add(bucket, 1, 0 if event.ok else 1, 0, lat) if series else None
-        elif isinstance(event, Requests):
-            key = ("request", event.cohort, "")
+            if series is None:
+                return None
+            added = series.add_one(bucket, not event.ok, event.latency_ms)
+        elif type(event) is Requests:
             series = route.requests.get(event.cohort)
-            added = (
-                series.add(bucket, event.count, event.errors, event.slow, event.latency_ms)
-                if series
-                else None
-            )
+            if series is None:
+                return None
+            added = series.add(bucket, event.count, event.errors, event.slow, event.latency_ms)
         else:
             assert isinstance(event, Gauge | Counter)
-            key = ("gauge" if isinstance(event, Gauge) else "counter", event.cohort, event.name)
-            table = route.gauges if isinstance(event, Gauge) else route.counters
-            sample = table.get((event.cohort, event.name))
-            added = sample.add(bucket, event.ts, event.value) if sample else None
-        if added is None:
-            self.stats.ignored += 1
-        elif not added:
-            self.stats.too_old += 1
-        else:
-            for trig in route.readers.get(key, ()):
+            table = route.gauges if type(event) is Gauge else route.counters
+            series = table.get((event.cohort, event.name))
+            if series is None:
+                return None
+            added = series.add(bucket, event.ts, event.value)
+        if added:
+            for trig in series.readers:
                 trig.dirty = True
+        return added
 
     def _command(self, out: list[Decision], route: _Route | None, cmd: Command, now: float) -> None:
         if route is None:

@@ -90,9 +90,10 @@ class RolloutRuntime:
 
     @property
     def armed(self) -> bool:
-        if self.phase in ARMED:
+        phase = self.phase
+        if phase in ARMED:
             return True
-        return self.phase == COMPLETED and any(t.spec.after_completion for t in self.triggers)
+        return phase == COMPLETED and any(t.spec.after_completion for t in self.triggers)
 
     # -- decisions ----------------------------------------------------------------------
     def _percent(
@@ -200,10 +201,12 @@ class RolloutRuntime:
         if self.armed and not self._run_triggers(out, now):
             return
         phase = self.phase
-        while phase == PROGRESSING and self._gate_open():
-            hold = self.spec.steps[self.step].hold
-            if now < self.step_started + hold:
-                break
+        # Deadlines first: they are cheap, the gate walks every trigger.
+        while (
+            phase == PROGRESSING
+            and now >= self.step_started + self.spec.steps[self.step].hold
+            and self._gate_open()
+        ):
             self._enter_step(out, now, self.step + 1, HOLD_ELAPSED)
             phase = self.phase
         if phase == PROMOTED and now >= self.step_started + self.spec.bake and self._gate_open():

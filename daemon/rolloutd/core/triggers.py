@@ -36,18 +36,22 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
 _QUANTILES = {"latency_p50": 0.5, "latency_p90": 0.9, "latency_p95": 0.95, "latency_p99": 0.99}
 
 
-def request_value(metric: str, view: RequestView, seconds: float) -> float | None:
-    """A request metric over one view, or None when the window has no value for it."""
-    count = view.count
-    if metric == "request_rate":
-        return count / seconds
-    if metric in _QUANTILES:
-        return view.quantile(_QUANTILES[metric])
-    if count == 0:
-        return None
+def _value_reader(spec: TriggerSpec, window_seconds: float) -> Callable[[Any], float | None]:
+    """The function that computes the trigger's metric from one view."""
+    metric = spec.metric
+    kind = spec.metric_kind
+    if kind == "counter":
+        return lambda view: view.total
+    if kind == "gauge":
+        raise AssertionError("gauges are read through their series")
     if metric == "error_rate":
-        return view.errors / count
-    return 1.0 - view.errors / count  # availability
+        return lambda view: view.errors / view.count if view.count else None
+    if metric == "availability":
+        return lambda view: 1.0 - view.errors / view.count if view.count else None
+    if metric == "request_rate":
+        return lambda view: view.count / window_seconds
+    quantile = _QUANTILES[metric]
+    return lambda view: view.quantile(quantile)
 
 
 class TriggerRuntime:
@@ -57,15 +61,24 @@ class TriggerRuntime:
         "base_view",
         "bound",
         "bucket_seconds",
+        "compare",
         "dirty",
+        "factor",
+        "for_",
+        "is_request",
+        "min_samples",
         "ok_since",
         "outcome",
+        "presence",
         "sample_series",
         "samples",
         "since",
         "spec",
         "state",
+        "threshold",
+        "upper",
         "value",
+        "value_of",
         "view",
         "window_seconds",
     )
@@ -81,10 +94,25 @@ class TriggerRuntime:
     ) -> None:
         self.spec = spec
         self.view = view
-        self.base_view = base_view
+        self.base_view = base_view if spec.baseline is not None else None
         self.sample_series = sample_series
         self.bucket_seconds = bucket_seconds
         self.window_seconds = window_seconds
+        # Hot-path copies of the spec, so a read is a few attribute loads and arithmetic.
+        self.presence = spec.op in ("unchanged", "absent")
+        self.is_request = isinstance(view, RequestView)
+        self.min_samples = spec.min_samples
+        self.threshold = spec.threshold
+        self.factor = spec.baseline.factor if spec.baseline is not None else 0.0
+        self.upper = spec.op in (">", ">=")
+        self.compare: Callable[[float, float], bool] = _COMPARE.get(spec.op, operator.gt)
+        self.for_ = spec.for_
+        if spec.metric_kind == "gauge":
+            series = sample_series
+            assert series is not None
+            self.value_of: Callable[[Any], float | None] = lambda v: series.last(v.span)
+        else:
+            self.value_of = _value_reader(spec, window_seconds)
         self.state = INACTIVE
         self.since: float | None = None  # when it became pending
         self.ok_since: float | None = None  # first OK reading while pending or firing
@@ -97,45 +125,38 @@ class TriggerRuntime:
     # -- reading ------------------------------------------------------------------------
     def read(self, now: float, started_at: float | None) -> None:
         """Refresh value, bound, samples and outcome from the windows."""
-        spec = self.spec
-        if spec.op == "unchanged" or spec.op == "absent":
+        if self.presence:
             self._read_presence(now, started_at)
             return
         if not self.dirty:
             return
         self.dirty = False
-        value, samples = self._measure(self.view)
+        view = self.view
+        samples = view.count if self.is_request else view.samples  # type: ignore[union-attr]
+        value = self.value_of(view)
         self.value, self.samples = value, samples
-        if value is None or samples < spec.min_samples:
+        if value is None or samples < self.min_samples:
             self.outcome = INSUFFICIENT
             return
-        bound = spec.threshold
-        baseline = spec.baseline
-        if baseline is not None and self.base_view is not None:
-            base_value, base_samples = self._measure(self.base_view)
-            if base_value is None or base_samples < spec.min_samples:
+        bound = self.threshold
+        base = self.base_view
+        if base is not None:
+            base_value = self.value_of(base)
+            base_samples = base.count if self.is_request else base.samples  # type: ignore[union-attr]
+            if base_value is None or base_samples < self.min_samples:
                 self.bound = None
                 self.outcome = INSUFFICIENT
                 return
-            relative = baseline.factor * base_value
+            relative = self.factor * base_value
             if bound is None:
                 bound = relative
-            elif spec.op in (">", ">="):
-                bound = max(bound, relative)
+            elif self.upper:
+                bound = bound if bound >= relative else relative
             else:
-                bound = min(bound, relative)
+                bound = bound if bound <= relative else relative
         assert bound is not None
         self.bound = bound
-        self.outcome = BREACH if _COMPARE[spec.op](value, bound) else OK
-
-    def _measure(self, view: RequestView | SampleView) -> tuple[float | None, int]:
-        kind = self.spec.metric_kind
-        if isinstance(view, RequestView):
-            return request_value(self.spec.metric, view, self.window_seconds), view.count
-        if kind == "counter":
-            return view.total, view.samples
-        assert self.sample_series is not None
-        return self.sample_series.last(view.span), view.samples
+        self.outcome = BREACH if self.compare(value, bound) else OK
 
     def _read_presence(self, now: float, started_at: float | None) -> None:
         view = self.view
@@ -164,20 +185,22 @@ class TriggerRuntime:
         """Apply the latest reading at `now`; the new state if it changed, else None."""
         outcome = self.outcome
         state = self.state
+        if outcome == OK and state == INACTIVE:
+            return None  # the common case
         if outcome == INSUFFICIENT:
             self.ok_since = None
             return None
         if outcome == BREACH:
             self.ok_since = None
             if state == INACTIVE:
-                if self.spec.for_ <= 0:
+                if self.for_ <= 0:
                     self.state = FIRING
                     return FIRING
                 self.state, self.since = PENDING, now
                 return PENDING
             if state == PENDING:
                 assert self.since is not None
-                if now >= self.since + self.spec.for_:
+                if now >= self.since + self.for_:
                     self.state = FIRING
                     return FIRING
             return None

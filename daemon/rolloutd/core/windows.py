@@ -106,6 +106,7 @@ class _Ring:
     span_max: int
     head: int | None
     views: list[Any]
+    readers: list[Any]  # whoever must re-read when a sample arrives (the engine's triggers)
 
     def _spans_init(self, spans: Iterable[int]) -> list[int]:
         ordered = sorted(set(spans))
@@ -113,6 +114,7 @@ class _Ring:
             raise ValueError("a series needs at least one window of >= 1 bucket")
         self.span_max = ordered[-1]
         self.head = None
+        self.readers = []
         return ordered
 
     def view(self, span: int) -> Any:
@@ -154,7 +156,7 @@ class _Ring:
 class RequestSeries(_Ring):
     """Requests of one (rollout, cohort): counts, errors, slow calls and latencies."""
 
-    __slots__ = ("_count", "_errors", "_hist", "_slow", "head", "span_max", "views")
+    __slots__ = ("_count", "_errors", "_hist", "_slow", "head", "readers", "span_max", "views")
 
     def __init__(self, spans: Iterable[int], track_latency: bool = False) -> None:
         ordered = self._spans_init(spans)
@@ -205,6 +207,39 @@ class RequestSeries(_Ring):
                     view.latencies += len(lat_slots)
                     for s in lat_slots:
                         view.fenwick.add(s, 1)
+        return True
+
+    def add_one(self, bucket: int, error: bool, latency_ms: float | None) -> bool:
+        """One request: the same as `add(bucket, 1, error, 0, [latency_ms])`, faster."""
+        head = self.head
+        if head is None or bucket > head:
+            self.advance(bucket)
+            head = bucket
+        elif bucket <= head - self.span_max:
+            return False
+        slot = bucket % self.span_max
+        self._count[slot] += 1
+        if error:
+            self._errors[slot] += 1
+        hist_ring = self._hist
+        lat_slot = -1
+        if hist_ring is not None and latency_ms is not None:
+            lat_slot = latency_slot(latency_ms)
+            hist = hist_ring[slot]
+            if hist is None:
+                hist_ring[slot] = {lat_slot: 1}
+            else:
+                hist[lat_slot] = hist.get(lat_slot, 0) + 1
+        age = head - bucket
+        for view in self.views:
+            if age < view.span:
+                view.count += 1
+                if error:
+                    view.errors += 1
+                fenwick = view.fenwick
+                if fenwick is not None and lat_slot >= 0:
+                    view.latencies += 1
+                    fenwick.add(lat_slot, 1)
         return True
 
     def _step(self, bucket: int) -> None:
@@ -298,7 +333,10 @@ class SampleView:
     @property
     def total(self) -> float:
         """The sum of the samples in the window, correctly rounded."""
-        return self.exact_total / _EXACT_SCALE
+        try:
+            return self.exact_total / _EXACT_SCALE
+        except OverflowError:  # past the largest float: what float addition would give
+            return math.inf if self.exact_total > 0 else -math.inf
 
 
 class SampleSeries(_Ring):
@@ -318,6 +356,7 @@ class SampleSeries(_Ring):
         "last_bucket",
         "last_ts",
         "last_value",
+        "readers",
         "span_max",
         "views",
     )
