@@ -61,6 +61,9 @@ class EngineMachine(RuleBasedStateMachine):
         self.ts = T0
         self.decisions: list[Decision] = []
         self.trigger_states: dict[tuple[str, str], str] = {}
+        # What a store holds when only changed rollouts are rewritten after each call.
+        self.stored_global: bytes | None = None
+        self.stored_parts: dict[str, bytes] = {}
 
     def _both(self, call: str, *args: object) -> None:
         mine = getattr(self.engine, call)(*args)
@@ -68,6 +71,9 @@ class EngineMachine(RuleBasedStateMachine):
         assert [encode(d) for d in mine] == [encode(d) for d in theirs]
         self._check_step_rules(mine)
         self.decisions.extend(mine)
+        self.stored_global = self.engine.snapshot_global()
+        for name in self.engine.take_changed():
+            self.stored_parts[name] = self.engine.snapshot_rollout(name)
 
     def _check_step_rules(self, decisions: list[Decision]) -> None:
         for d in decisions:
@@ -126,6 +132,13 @@ class EngineMachine(RuleBasedStateMachine):
     def restart_twin_from_snapshot(self) -> None:
         self.twin = Engine.restore(SPEC, self.engine.snapshot(), skip_quiet=False)
         assert self.twin.snapshot() == self.engine.snapshot()
+
+    @precondition(lambda self: self.stored_global is not None)
+    @rule()
+    def restart_twin_from_incremental_parts(self) -> None:
+        self.twin = Engine.restore_parts(
+            SPEC, self.stored_global, dict(self.stored_parts), skip_quiet=False
+        )
 
     @invariant()
     def percent_matches_phase(self) -> None:

@@ -25,10 +25,11 @@ from rolloutd.core.decisions import Decision, RefusedDecision
 from rolloutd.core.events import Command, Counter, Event, Gauge, Request, Requests
 from rolloutd.core.rollout import RolloutRuntime
 from rolloutd.core.spec import EngineSpec, RolloutSpec, TriggerSpec
-from rolloutd.core.triggers import INSUFFICIENT, TriggerRuntime
+from rolloutd.core.triggers import INACTIVE, INSUFFICIENT, TriggerRuntime
 from rolloutd.core.windows import RequestSeries, SampleSeries
 
 SNAPSHOT_VERSION = 1
+_STAT_FIELDS = ("events", "late", "too_old", "unrouted", "ignored")
 
 
 @dataclass(slots=True)
@@ -38,6 +39,11 @@ class EngineStats:
     too_old: int = 0  # older than every window: dropped
     unrouted: int = 0  # no configured rollout of that name, or no rollout at all
     ignored: int = 0  # a cohort or metric no trigger reads
+
+
+class _Snapshot(msgspec.Struct):
+    engine: msgspec.Raw
+    rollouts: dict[str, msgspec.Raw]
 
 
 class _Route:
@@ -134,6 +140,7 @@ class Engine:
             r.name: _build_route(r, spec.bucket) for r in spec.rollouts
         }
         self._order = list(self._routes.values())
+        self._changed: set[str] = set()
 
     # -- introspection ------------------------------------------------------------------
     def rollout(self, name: str) -> RolloutRuntime:
@@ -157,6 +164,7 @@ class Engine:
         for route in self._order:
             if route.rollout.spec.start == "immediately":
                 route.rollout.start(out, now, "start")
+                self._changed.add(route.rollout.spec.name)
         return out
 
     def advance(self, now: float) -> list[Decision]:
@@ -180,7 +188,11 @@ class Engine:
             boundary = b * bucket
             for route in routes:
                 self._slide(route, b)
-                route.rollout.evaluate(out, boundary)
+                before = len(out)
+                rollout = route.rollout
+                rollout.evaluate(out, boundary)
+                if len(out) > before or any(t.state != INACTIVE for t in rollout.triggers):
+                    self._changed.add(rollout.spec.name)
                 if self.skip_quiet:
                     route.quiet = _is_quiet(route)
             routes = [r for r in routes if r.rollout.armed and not r.quiet]
@@ -223,6 +235,7 @@ class Engine:
             return out
         current = int(now // bucket)
         route.quiet = False
+        self._changed.add(route.rollout.spec.name)
         if route.head is None or route.head < current:
             self._slide(route, current)
         # An event from the future (clock skew) counts in the current bucket.
@@ -276,6 +289,7 @@ class Engine:
             return
         rollout = route.rollout
         route.quiet = False
+        self._changed.add(rollout.spec.name)
         rollout.command(out, now, cmd.command, cmd.actor, cmd.percent, cmd.full)
         if rollout.armed:
             # A command may open the gate (resume) or arm triggers (start, retry).
@@ -283,42 +297,72 @@ class Engine:
             rollout.evaluate(out, now)
 
     # -- snapshot -----------------------------------------------------------------------
-    def snapshot(self) -> bytes:
-        state: dict[str, Any] = {
-            "version": SNAPSHOT_VERSION,
-            "now": self.now,
-            "head": self._head,
-            "stats": [getattr(self.stats, f) for f in EngineStats.__slots__],
-            "rollouts": {},
-        }
-        for name, route in self._routes.items():
-            state["rollouts"][name] = {
+    # A snapshot has a small global part (clock, counters) and one part per rollout, so a
+    # store can rewrite only the rollouts that changed (`take_changed`). A rollout's part
+    # may be older than the global part: its windows then slide on the next evaluation,
+    # which is what they would have done anyway.
+
+    def snapshot_global(self) -> bytes:
+        stats = [getattr(self.stats, f) for f in _STAT_FIELDS]
+        state = {"version": SNAPSHOT_VERSION, "now": self.now, "head": self._head, "stats": stats}
+        return msgspec.json.encode(state)
+
+    def snapshot_rollout(self, name: str) -> bytes:
+        route = self._routes[name]
+        return msgspec.json.encode(
+            {
                 "rollout": route.rollout.dump(),
                 "requests": {c: s.dump() for c, s in route.requests.items()},
                 "gauges": [[c, n, s.dump()] for (c, n), s in route.gauges.items()],
                 "counters": [[c, n, s.dump()] for (c, n), s in route.counters.items()],
             }
-        return msgspec.json.encode(state)
+        )
+
+    def take_changed(self) -> set[str]:
+        """Rollouts whose state may differ from their last snapshot; resets the set."""
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def snapshot(self) -> bytes:
+        """Everything, as one blob."""
+        parts = {name: msgspec.Raw(self.snapshot_rollout(name)) for name in self._routes}
+        return msgspec.json.encode(_Snapshot(msgspec.Raw(self.snapshot_global()), parts))
 
     @classmethod
     def restore(cls, spec: EngineSpec, snapshot: bytes, *, skip_quiet: bool = True) -> Engine:
-        """A new engine for `spec` in the state `snapshot` recorded.
+        """A new engine for `spec` in the state `snapshot` recorded."""
+        doc = msgspec.json.decode(snapshot, type=_Snapshot)
+        parts = {name: bytes(part) for name, part in doc.rollouts.items()}
+        return cls.restore_parts(spec, bytes(doc.engine), parts, skip_quiet=skip_quiet)
 
-        Rollouts that the snapshot does not know start fresh; rollouts it knows but the spec
-        no longer defines are dropped.
+    @classmethod
+    def restore_parts(
+        cls,
+        spec: EngineSpec,
+        global_part: bytes | None,
+        rollouts: dict[str, bytes],
+        *,
+        skip_quiet: bool = True,
+    ) -> Engine:
+        """A new engine for `spec` from snapshot parts.
+
+        Rollouts the parts do not know start fresh; parts of rollouts the spec no longer
+        defines are ignored.
         """
-        state = msgspec.json.decode(snapshot)
+        engine = cls(spec, skip_quiet=skip_quiet)
+        if global_part is None:
+            return engine
+        state = msgspec.json.decode(global_part)
         if state.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported snapshot version {state.get('version')!r}")
-        engine = cls(spec, skip_quiet=skip_quiet)
         engine.now = state["now"]
         engine._head = state["head"]
-        for field, value in zip(EngineStats.__slots__, state["stats"], strict=True):
+        for field, value in zip(_STAT_FIELDS, state["stats"], strict=True):
             setattr(engine.stats, field, value)
-        for name, data in state["rollouts"].items():
+        for name, part in rollouts.items():
             route = engine._routes.get(name)
             if route is not None:
-                _load_route(route, data)
+                _load_route(route, msgspec.json.decode(part))
         return engine
 
 
