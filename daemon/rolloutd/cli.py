@@ -30,6 +30,16 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", type=Path, help="write decisions here instead of stdout")
     rep.add_argument("--quiet", action="store_true", help="no summary on stderr")
 
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", required=True, type=Path, help="rolloutd YAML config")
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start from an empty state store (an existing one is kept aside as *.bak)",
+    )
+    run.add_argument("--grace", type=float, default=10.0, help="shutdown grace period, seconds")
+    run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+
     chk = sub.add_parser("check-config", help="validate a config file and explain it")
     chk.add_argument("path", type=Path)
 
@@ -44,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "replay":
         return _replay(args.config, args.events, args.out, args.quiet)
+    if args.command == "run":
+        return _run(args.config, args.fresh, args.grace, args.log_level)
     if args.command == "check-config":
         return _check_config(args.path)
     if args.command == "config-schema":
@@ -54,6 +66,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         return _demo(args.out)
     raise AssertionError(args.command)
+
+
+def _run(config_path: Path, fresh: bool, grace: float, level: str) -> int:
+    import asyncio
+    import logging
+
+    from rolloutd.adapters.store import StoreError
+    from rolloutd.config import ConfigError, load_config
+    from rolloutd.service import Service
+
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"{config_path}: invalid configuration", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        service = Service(config, fresh=fresh, grace=grace)
+    except StoreError as exc:
+        print(f"rolloutd: {exc} (run with --fresh to start from an empty state)", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(service.run())
 
 
 def _check_config(path: Path) -> int:

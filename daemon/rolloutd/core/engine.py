@@ -141,6 +141,7 @@ class Engine:
         }
         self._order = list(self._routes.values())
         self._changed: set[str] = set()
+        self._restored: set[str] = set()  # rollouts whose state came from a snapshot
 
     # -- introspection ------------------------------------------------------------------
     def rollout(self, name: str) -> RolloutRuntime:
@@ -165,6 +166,22 @@ class Engine:
             if route.rollout.spec.start == "immediately":
                 route.rollout.start(out, now, "start")
                 self._changed.add(route.rollout.spec.name)
+        return out
+
+    def start_new(self, now: float) -> list[Decision]:
+        """After a restore: catch up to `now`, then start the rollouts the snapshot did not
+        know (added to the config since) the way `begin` would have."""
+        if self.now is None:
+            return self.begin(now)
+        out = self.advance(now)
+        now = self.now
+        for route in self._order:
+            rollout = route.rollout
+            if rollout.spec.name in self._restored or rollout.spec.start != "immediately":
+                continue
+            rollout.start(out, now, "start")
+            self._restored.add(rollout.spec.name)
+            self._changed.add(rollout.spec.name)
         return out
 
     def advance(self, now: float) -> list[Decision]:
@@ -363,6 +380,7 @@ class Engine:
             route = engine._routes.get(name)
             if route is not None:
                 _load_route(route, msgspec.json.decode(part))
+                engine._restored.add(name)
         return engine
 
 

@@ -1,0 +1,224 @@
+"""Kafka in and out: a consumer that feeds the pipeline, a producer that publishes.
+
+Rules: adapters translate, never decide. The consumer hands each fetched batch to the
+pipeline, which decodes, decides and persists state *and offsets* in one transaction; only
+then are offsets committed to Kafka (informational: on start the consumer seeks to the
+offsets in the state store, so nothing is processed twice or skipped). A broker that is down
+is retried with backoff, forever; the daemon keeps running and reports not ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from rolloutd.adapters.backoff import Backoff
+from rolloutd.config import KafkaSecurity, KafkaSource
+
+log = logging.getLogger("rolloutd.kafka")
+
+FETCH_WAIT_MS = 20  # a fetch returns at once when data arrives; this caps an idle fetch
+MAX_RECORDS = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+# (records, next offsets per partition) -> None, once the batch is persisted
+BatchHandler = Callable[[list[Record], dict[tuple[str, int], int]], Awaitable[None]]
+
+
+def client_options(source: KafkaSource) -> dict[str, Any]:
+    """aiokafka keyword arguments shared by the consumer and the producer."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": list(source.bootstrap_servers),
+        "client_id": source.client_id,
+        "security_protocol": source.security.protocol,
+    }
+    security = source.security
+    if security.protocol.endswith("SSL"):
+        options["ssl_context"] = _ssl_context(security)
+    if security.protocol.startswith("SASL_"):
+        assert security.password is not None
+        options["sasl_mechanism"] = security.sasl_mechanism
+        options["sasl_plain_username"] = security.username
+        options["sasl_plain_password"] = security.password.get_secret_value()
+    return options
+
+
+def _ssl_context(security: KafkaSecurity) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=security.ca_file)
+    if security.cert_file is not None:
+        context.load_cert_chain(security.cert_file, security.key_file)
+    return context
+
+
+class KafkaConsumerLoop:
+    """Fetch batches, hand them to the pipeline, commit after they are persisted."""
+
+    def __init__(
+        self,
+        source: KafkaSource,
+        topics: Sequence[str],
+        offsets: dict[tuple[str, int], int],
+        handle: BatchHandler,
+        on_state: Callable[[bool], None],
+    ) -> None:
+        self.source = source
+        self.topics = list(topics)
+        self.offsets = offsets  # next offset to read, as persisted; updated per batch
+        self.handle = handle
+        self.on_state = on_state
+        self.backoff = Backoff()
+
+    async def run(self) -> None:
+        while True:
+            consumer = self._consumer()
+            try:
+                await consumer.start()
+                await self._assign(consumer)
+                self.on_state(True)
+                self.backoff.reset()
+                await self._fetch_loop(consumer)
+            except KafkaError as exc:
+                delay = self.backoff.next()
+                log.warning("kafka consumer: %s; retrying in %.1fs", _describe(exc), delay)
+                self.on_state(False)
+                await asyncio.sleep(delay)
+            finally:
+                self.on_state(False)
+                await _quietly(consumer.stop())
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            group_id=self.source.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=self.source.auto_offset_reset,
+            fetch_max_wait_ms=FETCH_WAIT_MS,
+            **client_options(self.source),
+        )
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> None:
+        if self.source.group_id is not None:
+            consumer.subscribe(self.topics, listener=_SeekOnAssign(consumer, self.offsets))
+            return
+        partitions = []
+        for topic in self.topics:
+            ids = consumer.partitions_for_topic(topic)
+            if not ids:
+                await consumer.topics()  # refresh metadata once
+                ids = consumer.partitions_for_topic(topic) or set()
+            partitions.extend(TopicPartition(topic, p) for p in sorted(ids))
+        if not partitions:
+            raise _NoPartitions(f"no partitions found for topics {self.topics}")
+        consumer.assign(partitions)
+        await _seek(consumer, partitions, self.offsets)
+
+    async def _fetch_loop(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            fetched = await consumer.getmany(timeout_ms=200, max_records=MAX_RECORDS)
+            if not fetched:
+                continue
+            records: list[Record] = []
+            positions: dict[tuple[str, int], int] = {}
+            for tp, messages in fetched.items():
+                for message in messages:
+                    records.append(Record(tp.topic, tp.partition, message.offset, message.value))
+                positions[(tp.topic, tp.partition)] = messages[-1].offset + 1
+            await self.handle(records, positions)
+            self.offsets.update(positions)
+            if self.source.group_id is not None:
+                commit = {TopicPartition(t, p): o for (t, p), o in positions.items()}
+                await _quietly(consumer.commit(commit))
+
+
+class _NoPartitions(KafkaError):  # type: ignore[misc]
+    pass
+
+
+class _SeekOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Group mode: continue from the persisted offsets, not the group's committed ones."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, offsets: dict[tuple[str, int], int]) -> None:
+        self.consumer = consumer
+        self.offsets = offsets
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await _seek(self.consumer, list(assigned), self.offsets)
+
+
+async def _seek(
+    consumer: AIOKafkaConsumer,
+    partitions: list[TopicPartition],
+    offsets: dict[tuple[str, int], int],
+) -> None:
+    for tp in partitions:
+        stored = offsets.get((tp.topic, tp.partition))
+        if stored is not None:
+            consumer.seek(tp, stored)
+
+
+class KafkaPublisher:
+    """A producer that is (re)started on demand and publishes (topic, key, value) triples."""
+
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
+        self.producer: AIOKafkaProducer | None = None
+
+    async def publish(self, messages: Sequence[tuple[str, bytes | None, bytes]]) -> None:
+        """Send every message and wait for the broker's acknowledgements; raises on failure."""
+        producer = await self._producer()
+        try:
+            futures = [await producer.send(t, value=v, key=k) for t, k, v in messages]
+            await asyncio.gather(*futures)
+        except KafkaError:
+            await self.close()
+            raise
+
+    async def _producer(self) -> AIOKafkaProducer:
+        if self.producer is None:
+            producer = AIOKafkaProducer(
+                linger_ms=0,
+                acks=1,
+                request_timeout_ms=10_000,
+                max_request_size=16 << 20,
+                **client_options(self.source),
+            )
+            try:
+                await producer.start()
+            except BaseException:
+                await _quietly(producer.stop())
+                raise
+            self.producer = producer
+        return self.producer
+
+    async def close(self) -> None:
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            await _quietly(producer.stop())
+
+
+async def _quietly(awaitable: Awaitable[Any]) -> None:
+    try:
+        await awaitable
+    except (TimeoutError, KafkaError, OSError) as exc:
+        log.debug("kafka: ignored during cleanup: %s", _describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,172 @@
+"""The daemon's synchronous heart: bytes in, decisions out, state persisted.
+
+Rules:
+* One writer. Sources and the ticker call `ingest` / `tick` from the event loop; each call
+  decodes, runs the engine at the caller's `now`, and commits in ONE store transaction the
+  engine state that changed, the offsets consumed, the new flag revisions and the messages
+  to publish (the outbox). Only after that does anything leave the process, so a crash at
+  any point loses nothing and repeats nothing.
+* Flag state is published per change: after each event (or tick) whose decisions moved a
+  rollout's percent or phase, one message with the rollout's state and the next revision of
+  its flag. Revisions only grow, across restarts.
+* Bad input is counted and skipped (`invalid`), never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from rolloutd.adapters.store import Batch, OutboxItem, Store
+from rolloutd.core.decisions import Decision, encode, whole
+from rolloutd.core.engine import Engine
+from rolloutd.core.events import decode_many
+from rolloutd.core.spec import EngineSpec
+
+log = logging.getLogger("rolloutd.decisions")
+
+MAX_PAYLOAD_BYTES = 1 << 20
+
+
+class FlagState(msgspec.Struct, frozen=True):
+    flag: str
+    percent: float | int
+    rollout: str
+    phase: str
+    revision: int
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Sinks:
+    """Where messages go; None: not published there."""
+
+    flags_topic: str | None = None
+    decisions_topic: str | None = None
+    mqtt_flags_prefix: str | None = None
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    events: Counter[str] = field(default_factory=Counter)  # by source
+    invalid: Counter[tuple[str, str]] = field(default_factory=Counter)  # (source, reason)
+    decisions: Counter[str] = field(default_factory=Counter)  # by kind
+    batches: int = 0
+
+
+class Pipeline:
+    def __init__(self, spec: EngineSpec, store: Store, sinks: Sinks) -> None:
+        self.spec = spec
+        self.store = store
+        self.sinks = sinks
+        self.stats = PipelineStats()
+        loaded = store.load()
+        self.engine = Engine.restore_parts(spec, loaded.engine, loaded.rollouts)
+        self.revisions = dict(loaded.revisions)
+        self.offsets = dict(loaded.offsets)
+        self.unpublished: list[OutboxItem] = list(loaded.outbox)
+        self.restored = loaded.engine is not None
+        self._outbox: list[tuple[str, bytes | None, bytes, bool]] = []
+        self._revisions: dict[str, int] = {}
+
+    # -- entry points -------------------------------------------------------------------
+    def start(self, now: float) -> list[OutboxItem]:
+        """Begin (a new store) or start what the stored state did not know."""
+        engine = self.engine
+        decisions = engine.start_new(now) if self.restored else engine.begin(now)
+        self._decided(decisions)
+        return self._commit({})
+
+    def ingest(
+        self,
+        source: str,
+        payloads: Iterable[bytes | None],
+        now: float,
+        offsets: dict[tuple[str, int], int] | None = None,
+    ) -> list[OutboxItem]:
+        now = self._monotonic(now)
+        stats = self.stats
+        handle = self.engine.handle
+        for payload in payloads:
+            if payload is None:
+                stats.invalid[(source, "empty")] += 1
+                continue
+            if len(payload) > MAX_PAYLOAD_BYTES:
+                stats.invalid[(source, "too_large")] += 1
+                continue
+            events, rejections = decode_many(payload)
+            for rejection in rejections:
+                stats.invalid[(source, rejection.reason)] += 1
+            stats.events[source] += len(events)
+            for event in events:
+                decisions = handle(event, now)
+                if decisions:
+                    self._decided(decisions)
+        return self._commit(offsets or {})
+
+    def tick(self, now: float) -> list[OutboxItem]:
+        decisions = self.engine.advance(self._monotonic(now))
+        if decisions:
+            self._decided(decisions)
+        return self._commit({})
+
+    def confirm(self, ids: Iterable[int]) -> None:
+        self.store.confirm(ids)
+
+    # -- internals ----------------------------------------------------------------------
+    def _monotonic(self, now: float) -> float:
+        # The engine's time never goes back, even if the wall clock does.
+        current = self.engine.now
+        return now if current is None or now > current else current
+
+    def _decided(self, decisions: list[Decision]) -> None:
+        moved: dict[str, float] = {}
+        for decision in decisions:
+            self.stats.decisions[decision.kind] += 1
+            payload = encode(decision)
+            log.info("decision %s", payload.decode())
+            if self.sinks.decisions_topic is not None:
+                topic = f"kafka:{self.sinks.decisions_topic}"
+                self._outbox.append((topic, decision.rollout.encode(), payload, False))
+            if decision.kind in ("percent", "phase"):
+                moved[decision.rollout] = decision.ts
+        for name, ts in moved.items():
+            self._flag_message(name, ts)
+
+    def _flag_message(self, name: str, ts: float) -> None:
+        rollout = self.engine.rollout(name)
+        flag = rollout.spec.flag
+        revision = self.revisions.get(flag, 0) + 1
+        self.revisions[flag] = self._revisions[flag] = revision
+        state = FlagState(flag, whole(rollout.percent), name, rollout.phase, revision, ts)
+        payload = msgspec.json.encode(state)
+        if self.sinks.flags_topic is not None:
+            topic = f"kafka:{self.sinks.flags_topic}"
+            self._outbox.append((topic, flag.encode(), payload, False))
+        if self.sinks.mqtt_flags_prefix is not None:
+            topic = f"mqtt:{self.sinks.mqtt_flags_prefix}/{flag}"
+            self._outbox.append((topic, None, payload, True))
+
+    def _commit(self, offsets: dict[tuple[str, int], int]) -> list[OutboxItem]:
+        engine = self.engine
+        changed = engine.take_changed()
+        batch = Batch(
+            engine=engine.snapshot_global(),
+            rollouts={name: engine.snapshot_rollout(name) for name in changed},
+            revisions=self._revisions,
+            offsets=offsets,
+            outbox=self._outbox,
+        )
+        ids = self.store.commit(batch)
+        self.offsets.update(offsets)
+        items = [
+            OutboxItem(id=i, sink=sink, key=key, payload=payload, retain=retain)
+            for i, (sink, key, payload, retain) in zip(ids, self._outbox, strict=True)
+        ]
+        self._outbox, self._revisions = [], {}
+        self.stats.batches += 1
+        return items

@@ -1,0 +1,239 @@
+"""The daemon: one TaskGroup owning the sources, the ticker, the publisher and the signals.
+
+Rules:
+* One supervisor. Every task belongs to the TaskGroup in `run`; if one dies, its siblings
+  are cancelled and `run` returns non-zero with the reason logged.
+* The clock lives here. Sources and the ticker read it and hand `now` to the pipeline; the
+  ticker wakes at every bucket boundary so holds, bakes and sliding windows act on time even
+  when no event arrives.
+* SIGTERM / SIGINT: stop fetching, publish what is still in the outbox within the grace
+  period (what does not make it stays in the store and goes out after the next start),
+  close the store, return 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from rolloutd.adapters.backoff import Backoff
+from rolloutd.adapters.kafka import KafkaConsumerLoop, KafkaPublisher, Record
+from rolloutd.adapters.mqtt import MqttLink, MqttUnavailable
+from rolloutd.adapters.store import OutboxItem, Store
+from rolloutd.config import Config
+from rolloutd.pipeline import Pipeline, Sinks
+
+log = logging.getLogger("rolloutd.service")
+
+Clock = Callable[[], float]
+DEFAULT_GRACE = 10.0
+CHUNK = 500
+
+
+class _Stop(Exception):
+    """A shutdown signal arrived."""
+
+
+@dataclass(slots=True)
+class Health:
+    """What readiness is made of."""
+
+    started: bool = False
+    sources: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return self.started and all(self.sources.values())
+
+
+class Publisher:
+    """Sends outbox items in order, confirms them in the store, retries what failed."""
+
+    def __init__(
+        self, pipeline: Pipeline, kafka: KafkaPublisher | None, mqtt: MqttLink | None
+    ) -> None:
+        self.pipeline = pipeline
+        self.kafka = kafka
+        self.mqtt = mqtt
+        self.pending: deque[OutboxItem] = deque()
+        self.wake = asyncio.Event()
+        self.backoff = Backoff(first=0.05, cap=5.0)
+        self.published = 0
+
+    def add(self, items: list[OutboxItem]) -> None:
+        if items:
+            self.pending.extend(items)
+            self.wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.pending:
+                if not await self.send_some():
+                    await asyncio.sleep(self.backoff.next())
+                else:
+                    self.backoff.reset()
+
+    async def send_some(self) -> bool:
+        """Publish up to CHUNK items; True if all of them went out."""
+        chunk = [self.pending[i] for i in range(min(CHUNK, len(self.pending)))]
+        kafka = [i for i in chunk if i.sink.startswith("kafka:")]
+        mqtt = [i for i in chunk if i.sink.startswith("mqtt:")]
+        done: set[int] = set()
+        for items, send in ((kafka, self._send_kafka), (mqtt, self._send_mqtt)):
+            if not items:
+                continue
+            try:
+                await send(items)
+            except Exception as exc:
+                log.warning("publish to %s failed: %s", items[0].sink.split(":")[0], exc)
+                break  # keep order: later items wait for the failed ones
+            done.update(i.id for i in items)
+        if done:
+            self.pipeline.confirm(sorted(done))
+            self.published += len(done)
+            self.pending = deque(i for i in self.pending if i.id not in done)
+        return len(done) == len(chunk)
+
+    async def _send_kafka(self, items: list[OutboxItem]) -> None:
+        if self.kafka is None:
+            raise MqttUnavailable("no kafka connection configured")
+        await self.kafka.publish([(i.sink[6:], i.key, i.payload) for i in items])
+
+    async def _send_mqtt(self, items: list[OutboxItem]) -> None:
+        if self.mqtt is None:
+            raise MqttUnavailable("no mqtt connection configured")
+        await self.mqtt.publish([(i.sink[5:], i.payload, i.retain) for i in items])
+
+    async def flush(self, grace: float) -> bool:
+        """Try to empty the outbox within `grace` seconds."""
+        deadline = time.monotonic() + grace
+        while self.pending and time.monotonic() < deadline:
+            try:
+                sent = await asyncio.wait_for(self.send_some(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+            if not sent:
+                await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        return not self.pending
+
+
+def sinks_of(config: Config) -> Sinks:
+    kafka, mqtt = config.sinks.kafka, config.sinks.mqtt
+    return Sinks(
+        flags_topic=kafka.flags_topic if kafka else None,
+        decisions_topic=kafka.decisions_topic if kafka else None,
+        mqtt_flags_prefix=mqtt.flags_prefix if mqtt else None,
+    )
+
+
+class Service:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        fresh: bool = False,
+        clock: Clock = time.time,
+        grace: float = DEFAULT_GRACE,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.grace = grace
+        self.health = Health()
+        self.store = Store.open(config.state.path, fresh=fresh)
+        self.pipeline = Pipeline(config.to_spec(), self.store, sinks_of(config))
+        self.bucket = config.engine.bucket
+        kafka_source = config.sources.kafka
+        self.kafka_out = None
+        if kafka_source is not None and config.sinks.kafka is not None:
+            self.kafka_out = KafkaPublisher(kafka_source)
+        self.mqtt: MqttLink | None = None
+        if config.sources.mqtt is not None:
+            self.mqtt = MqttLink(config.sources.mqtt, self._on_mqtt, self._state("mqtt"))
+        self.kafka_in = self._kafka_loop() if config.sources.kafka is not None else None
+        self.publisher = Publisher(self.pipeline, self.kafka_out, self.mqtt)
+        self.stopping = asyncio.Event()
+
+    # -- wiring -------------------------------------------------------------------------
+    def _state(self, name: str) -> Callable[[bool], None]:
+        self.health.sources[name] = False
+
+        def update(connected: bool) -> None:
+            self.health.sources[name] = connected
+
+        return update
+
+    def _on_mqtt(self, topic: str, payload: bytes) -> None:
+        self.publisher.add(self.pipeline.ingest("mqtt", [payload], self.clock()))
+
+    async def _on_kafka(self, records: list[Record], offsets: dict[tuple[str, int], int]) -> None:
+        items = self.pipeline.ingest("kafka", [r.value for r in records], self.clock(), offsets)
+        self.publisher.add(items)
+
+    async def _ticker(self) -> None:
+        bucket = self.bucket
+        while True:
+            now = self.clock()
+            boundary = (now // bucket + 1) * bucket
+            await asyncio.sleep(max(0.0, boundary - now))
+            self.publisher.add(self.pipeline.tick(self.clock()))
+
+    async def _signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        try:
+            await self.stopping.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        raise _Stop
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def run(self) -> int:
+        self.publisher.add(self.pipeline.unpublished)  # what a previous run did not send
+        self.publisher.add(self.pipeline.start(self.clock()))
+        self.health.started = True
+        code = 0
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._signals(), name="signals")
+                group.create_task(self.publisher.run(), name="publisher")
+                group.create_task(self._ticker(), name="ticker")
+                if self.mqtt is not None:
+                    group.create_task(self.mqtt.run(), name="mqtt")
+                if self.kafka_in is not None:
+                    group.create_task(self.kafka_in.run(), name="kafka")
+        except* _Stop:
+            log.info("stopping: publishing what is left (grace %.1fs)", self.grace)
+        except* Exception as failures:
+            for exc in failures.exceptions:
+                log.error("task failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+            code = 1
+        finally:
+            await self._shutdown()
+        return code
+
+    def _kafka_loop(self) -> KafkaConsumerLoop:
+        source = self.config.sources.kafka
+        assert source is not None
+        topics = list(source.topics.metrics)
+        if source.topics.commands:
+            topics.append(source.topics.commands)
+        offsets = dict(self.pipeline.offsets)
+        return KafkaConsumerLoop(source, topics, offsets, self._on_kafka, self._state("kafka"))
+
+    async def _shutdown(self) -> None:
+        flushed = await self.publisher.flush(self.grace)
+        if not flushed:
+            left = len(self.publisher.pending)
+            log.warning("%d messages stay in the outbox for the next start", left)
+        if self.kafka_out is not None:
+            await self.kafka_out.close()
+        self.store.close()
