@@ -29,7 +29,7 @@ def rolloutd(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProc
 
 
 def test_demo_walks_the_canary_then_rolls_it_back() -> None:
-    result = rolloutd("demo")
+    result = rolloutd("demo", "--replay")
     assert result.returncode == 0, result.stderr
     decisions = [json.loads(line) for line in result.stdout.splitlines()]
     percents = [d["percent"] for d in decisions if d["kind"] == "percent"]

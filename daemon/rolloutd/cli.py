@@ -45,8 +45,15 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("config-schema", help="print the JSON Schema of the config file")
 
-    demo = sub.add_parser("demo", help="replay the bundled incident scenario")
-    demo.add_argument("--out", type=Path, help="write decisions here instead of stdout")
+    demo = sub.add_parser(
+        "demo", help="live demo: embedded broker, daemon, simulated traffic, a rollback"
+    )
+    demo.add_argument("--config", type=Path, default=Path("config/demo.yaml"))
+    demo.add_argument("--keep-running", action="store_true", help="run until Ctrl-C")
+    demo.add_argument(
+        "--replay", action="store_true", help="replay the bundled incident scenario instead"
+    )
+    demo.add_argument("--out", type=Path, help="with --replay: write decisions here")
     return parser
 
 
@@ -64,7 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(config_json_schema(), indent=2, sort_keys=True))
         return EXIT_OK
     if args.command == "demo":
-        return _demo(args.out)
+        if args.replay:
+            return _demo(args.out)
+        from rolloutd.demo import run_live_demo
+
+        return run_live_demo(args.config, args.keep_running)
     raise AssertionError(args.command)
 
 
