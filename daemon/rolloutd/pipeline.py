@@ -27,7 +27,7 @@ from rolloutd.core.engine import Engine
 from rolloutd.core.events import decode_many
 from rolloutd.core.spec import EngineSpec
 
-log = logging.getLogger("rolloutd.decisions")
+log = logging.getLogger("rolloutd.pipeline")
 
 MAX_PAYLOAD_BYTES = 1 << 20
 
@@ -93,14 +93,14 @@ class Pipeline:
         handle = self.engine.handle
         for payload in payloads:
             if payload is None:
-                stats.invalid[(source, "empty")] += 1
+                self._reject(source, "empty", "no payload")
                 continue
             if len(payload) > MAX_PAYLOAD_BYTES:
-                stats.invalid[(source, "too_large")] += 1
+                self._reject(source, "too_large", f"{len(payload)} bytes")
                 continue
             events, rejections = decode_many(payload)
             for rejection in rejections:
-                stats.invalid[(source, rejection.reason)] += 1
+                self._reject(source, rejection.reason, rejection.detail)
             stats.events[source] += len(events)
             for event in events:
                 decisions = handle(event, now)
@@ -117,7 +117,20 @@ class Pipeline:
     def confirm(self, ids: Iterable[int]) -> None:
         self.store.confirm(ids)
 
+    def summary(self) -> str:
+        stats = self.stats
+        events = ", ".join(f"{src} {n}" for src, n in sorted(stats.events.items())) or "none"
+        invalid = ", ".join(f"{src}/{why} {n}" for (src, why), n in sorted(stats.invalid.items()))
+        decided = ", ".join(f"{kind} {n}" for kind, n in sorted(stats.decisions.items()))
+        return f"events: {events}; invalid: {invalid or 'none'}; decisions: {decided or 'none'}"
+
     # -- internals ----------------------------------------------------------------------
+    def _reject(self, source: str, reason: str, detail: str) -> None:
+        count = self.stats.invalid[(source, reason)] + 1
+        self.stats.invalid[(source, reason)] = count
+        if count <= 10 or count % 1000 == 0:  # the first few of each kind, then a sample
+            log.warning("invalid event from %s (%s, #%d): %s", source, reason, count, detail)
+
     def _monotonic(self, now: float) -> float:
         # The engine's time never goes back, even if the wall clock does.
         current = self.engine.now

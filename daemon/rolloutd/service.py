@@ -230,6 +230,7 @@ class Service:
         return KafkaConsumerLoop(source, topics, offsets, self._on_kafka, self._state("kafka"))
 
     async def _shutdown(self) -> None:
+        log.info("processed %s", self.pipeline.summary())
         flushed = await self.publisher.flush(self.grace)
         if not flushed:
             left = len(self.publisher.pending)

@@ -1,0 +1,368 @@
+"""The daemon end to end: a real `rolloutd run` process against real Tansu and mosquitto.
+
+These tests run on the wall clock (the daemon is a real process), so their rollouts hold
+steps for a second or two; they wait for conditions with deadlines, never for fixed times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from brokers import Mosquitto, Tansu
+
+TOPICS = ["rollout.metrics", "rollout.commands", "rollout.flags", "rollout.decisions"]
+DEADLINE = 30.0
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def config_text(kafka: str, state: Path, rollout: str, mqtt: str | None = None) -> str:
+    mqtt_part = (
+        f'  mqtt: {{url: "{mqtt}", topics: ["telemetry/+/events"], client_id: rolloutd-test}}\n'
+        if mqtt
+        else ""
+    )
+    sinks = "sinks:\n  kafka: {}\n" + ("  mqtt: {}\n" if mqtt else "")
+    return (
+        rollout
+        + "sources:\n"
+        + f'  kafka: {{bootstrap_servers: "{kafka}", group_id: null,'
+        + " auto_offset_reset: earliest}\n"
+        + mqtt_part
+        + sinks
+        + f'state: {{path: "{state}"}}\n'
+    )
+
+
+WALKING = """
+rollouts:
+  - name: co
+    flag: new_co
+    steps: [{percent: 10, hold: 1s}, {percent: 100}]
+    bake: 1s
+"""
+
+GUARDED = """
+triggers:
+  errors:
+    metric: error_rate
+    window: 30s
+    op: ">"
+    threshold: 0.1
+    for: 0s
+    min_samples: 10
+rollouts:
+  - name: co
+    flag: new_co
+    steps: [{percent: 10, hold: 600s}, {percent: 100}]
+    triggers: [errors]
+"""
+
+
+class Daemon:
+    """`rolloutd run` as a child process with its log in a file."""
+
+    def __init__(self, tmp: Path, config: str) -> None:
+        self.config = tmp / "rolloutd.yaml"
+        self.config.write_text(config)
+        self.log = tmp / "rolloutd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *extra: str) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "rolloutd.cli",
+                    "run",
+                    "--config",
+                    str(self.config),
+                    "--grace",
+                    "5",
+                    *extra,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+
+    def signal(self, sig: int) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=20)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Any:
+    made: list[Daemon] = []
+
+    def make(config: str) -> Daemon:
+        daemon = Daemon(tmp_path, config)
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        daemon.stop()
+
+
+class Kafka:
+    """A producer and a reader of the daemon's output topics."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.seen: dict[str, list[dict[str, Any]]] = {"rollout.flags": [], "rollout.decisions": []}
+
+    async def __aenter__(self) -> Kafka:
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, max_request_size=16 << 20
+        )
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        await self.producer.start()
+        await self.consumer.start()
+        parts = [TopicPartition(t, 0) for t in self.seen]
+        self.consumer.assign(parts)
+        await self.consumer.seek_to_beginning(*parts)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.producer.stop()
+        await self.consumer.stop()
+
+    async def send(self, *events: dict[str, Any] | bytes, topic: str = "rollout.metrics") -> None:
+        for event in events:
+            value = event if isinstance(event, bytes) else json.dumps(event).encode()
+            await self.producer.send_and_wait(topic, value)
+
+    async def wait_for(
+        self, topic: str, check: Callable[[list[dict[str, Any]]], bool], deadline: float = DEADLINE
+    ) -> list[dict[str, Any]]:
+        end = time.monotonic() + deadline
+        while not check(self.seen[topic]):
+            if time.monotonic() > end:
+                raise AssertionError(f"timed out; {topic} has {self.seen[topic]}")
+            fetched = await self.consumer.getmany(timeout_ms=200)
+            for tp, messages in fetched.items():
+                self.seen[tp.topic].extend(json.loads(m.value) for m in messages)
+        return self.seen[topic]
+
+    async def settle(self, seconds: float = 1.0) -> None:
+        """Read whatever else arrives within `seconds` (to show nothing more came)."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            fetched = await self.consumer.getmany(timeout_ms=100)
+            for tp, messages in fetched.items():
+                self.seen[tp.topic].extend(json.loads(m.value) for m in messages)
+
+
+def requests(cohort: str, count: int, errors: int) -> dict[str, Any]:
+    return {
+        "ts": time.time(),
+        "type": "requests",
+        "rollout": "co",
+        "cohort": cohort,
+        "count": count,
+        "errors": errors,
+    }
+
+
+def phases(flags: list[dict[str, Any]]) -> list[tuple[Any, str, int]]:
+    return [(f["percent"], f["phase"], f["revision"]) for f in flags]
+
+
+async def test_flag_state_reaches_kafka_and_retained_mqtt(
+    tansu: Tansu, mosquitto: Mosquitto, daemon_factory: Any, tmp_path: Path
+) -> None:
+    tansu.create_topics(TOPICS)
+    daemon = daemon_factory(config_text(tansu.bootstrap, tmp_path / "s.db", WALKING, mosquitto.url))
+    daemon.start()
+    async with Kafka(tansu.bootstrap) as kafka:
+        flags = await kafka.wait_for("rollout.flags", lambda f: len(f) >= 3)
+    assert phases(flags) == [(10, "progressing", 1), (100, "promoted", 2), (100, "completed", 3)]
+    assert all(f["flag"] == "new_co" and f["rollout"] == "co" for f in flags)
+    # A client that subscribes afterwards gets the retained latest state at once.
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="reader") as client:
+        await client.subscribe("rollouts/flags/#", qos=1)
+        message = await asyncio.wait_for(anext(aiter(client.messages)), 10)
+    assert str(message.topic) == "rollouts/flags/new_co"
+    assert message.retain
+    assert json.loads(message.payload)["revision"] == 3  # type: ignore[arg-type]
+    assert daemon.signal(signal.SIGTERM) == 0
+
+
+async def test_canary_spike_rolls_back_and_decisions_explain_it(
+    tansu: Tansu, daemon_factory: Any, tmp_path: Path
+) -> None:
+    tansu.create_topics(TOPICS)
+    daemon = daemon_factory(config_text(tansu.bootstrap, tmp_path / "s.db", GUARDED))
+    daemon.start()
+    async with Kafka(tansu.bootstrap) as kafka:
+        await kafka.wait_for("rollout.flags", lambda f: len(f) >= 1)
+        await kafka.send(requests("canary", 100, 1), requests("canary", 50, 25))
+        flags = await kafka.wait_for("rollout.flags", lambda f: f[-1]["phase"] == "rolled_back")
+        decisions = await kafka.wait_for(
+            "rollout.decisions", lambda d: any(x["kind"] == "alert" for x in d)
+        )
+    assert flags[-1]["percent"] == 0
+    firing = next(d for d in decisions if d["kind"] == "trigger")
+    assert firing["state"] == "firing"
+    assert firing["value"] == pytest.approx(26 / 150)
+    assert firing["threshold"] == 0.1
+    assert firing["samples"] == 150
+    assert daemon.signal(signal.SIGTERM) == 0
+
+
+async def test_events_over_mqtt_drive_the_engine(
+    tansu: Tansu, mosquitto: Mosquitto, daemon_factory: Any, tmp_path: Path
+) -> None:
+    tansu.create_topics(TOPICS)
+    daemon = daemon_factory(config_text(tansu.bootstrap, tmp_path / "s.db", GUARDED, mosquitto.url))
+    daemon.start()
+    async with Kafka(tansu.bootstrap) as kafka:
+        await kafka.wait_for("rollout.flags", lambda f: len(f) >= 1)
+        batch = json.dumps([requests("canary", 20, 0), requests("canary", 20, 20)]).encode()
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="device-7") as client:
+            await client.publish("telemetry/device-7/events", batch, qos=1)
+        flags = await kafka.wait_for("rollout.flags", lambda f: f[-1]["phase"] == "rolled_back")
+    assert flags[-1]["percent"] == 0
+
+
+async def test_sigkill_mid_rollout_continues_without_duplicates(
+    tansu: Tansu, daemon_factory: Any, tmp_path: Path
+) -> None:
+    tansu.create_topics(TOPICS)
+    rollout = GUARDED.replace("for: 0s", "for: 600s")  # a breach stays pending
+    daemon = daemon_factory(config_text(tansu.bootstrap, tmp_path / "s.db", rollout))
+    daemon.start()
+    async with Kafka(tansu.bootstrap) as kafka:
+        await kafka.wait_for("rollout.flags", lambda f: len(f) >= 1)
+        await kafka.send(requests("canary", 20, 10))
+        await kafka.wait_for(
+            "rollout.decisions", lambda d: any(x.get("state") == "pending" for x in d)
+        )
+        assert daemon.signal(signal.SIGKILL) == -signal.SIGKILL
+        daemon.start()
+        # Still breaching: a daemon that had lost its state would decide "pending" again.
+        await kafka.send(requests("canary", 20, 10))
+        await kafka.send(
+            {
+                "ts": time.time(),
+                "type": "command",
+                "rollout": "co",
+                "command": "promote",
+                "actor": "tester",
+            },
+            topic="rollout.commands",
+        )
+        flags = await kafka.wait_for("rollout.flags", lambda f: f[-1]["percent"] == 100)
+        await kafka.settle()
+    assert phases(kafka.seen["rollout.flags"]) == [(10, "progressing", 1), (100, "promoted", 2)]
+    states = [d["state"] for d in kafka.seen["rollout.decisions"] if d["kind"] == "trigger"]
+    assert states == ["pending"]
+    starts = [d for d in kafka.seen["rollout.decisions"] if d.get("reason") == "start"]
+    assert len(starts) == 2  # percent and phase, once: the restart did not start it again
+    promote = [d for d in kafka.seen["rollout.decisions"] if d.get("actor") == "tester"]
+    assert [d["kind"] for d in promote] == ["percent", "phase"]
+    assert flags[-1]["revision"] == 2
+
+
+async def test_hostile_payloads_are_counted_and_skipped(
+    tansu: Tansu, daemon_factory: Any, tmp_path: Path
+) -> None:
+    tansu.create_topics(TOPICS)
+    daemon = daemon_factory(config_text(tansu.bootstrap, tmp_path / "s.db", GUARDED))
+    daemon.start()
+    async with Kafka(tansu.bootstrap) as kafka:
+        await kafka.wait_for("rollout.flags", lambda f: len(f) >= 1)
+        await kafka.send(
+            b"{not json",
+            b"[" * 100_000,
+            b'{"ts": 1, "type": "requests", "count": "many", "errors": 0}',
+            b'{"ts": 1, "type": "requests", "count": 5, "errors": 9}',
+            b"x" * (10 << 20),
+            b"\xff\xfe\x00",
+            requests("canary", 50, 25),
+        )
+        flags = await kafka.wait_for("rollout.flags", lambda f: f[-1]["phase"] == "rolled_back")
+    assert flags[-1]["percent"] == 0
+    assert daemon.signal(signal.SIGTERM) == 0
+    log = daemon.output()
+    for reason in ("bad_json", "wrong_type", "errors_exceed_count", "too_large"):
+        assert reason in log, reason
+    assert "Traceback" not in log
+
+
+async def test_broker_outage_is_survived_without_false_decisions(
+    tansu: Tansu, daemon_factory: Any, tmp_path: Path
+) -> None:
+    tansu.create_topics(TOPICS)
+    rollout = GUARDED.replace("hold: 600s", "hold: 2s")
+    daemon = daemon_factory(config_text(tansu.bootstrap, tmp_path / "s.db", rollout))
+    daemon.start()
+    async with Kafka(tansu.bootstrap) as kafka:
+        await kafka.wait_for("rollout.flags", lambda f: len(f) >= 1)
+    tansu.stop()
+    # The outage itself lasts longer than the hold (a real process runs on the wall clock).
+    await asyncio.sleep(3)
+    assert daemon.proc is not None
+    assert daemon.proc.poll() is None
+    tansu.start()
+    tansu.create_topics(TOPICS)  # memory storage: the restart lost them
+    async with Kafka(tansu.bootstrap) as kafka:
+        # No data during the outage was not health: the rollout did not advance.
+        await kafka.settle(2.0)
+        assert kafka.seen["rollout.flags"] == []
+        await kafka.send(requests("canary", 50, 0))
+        flags = await kafka.wait_for("rollout.flags", lambda f: len(f) >= 1)
+    # One message for the instant: promoted and, with no bake, completed at once.
+    assert (flags[-1]["percent"], flags[-1]["phase"]) == (100, "completed")
+    assert flags[-1]["revision"] == 2
+    assert daemon.signal(signal.SIGTERM) == 0
+
+
+def test_corrupt_state_file_is_a_clear_error(tmp_path: Path, daemon_factory: Any) -> None:
+    state = tmp_path / "s.db"
+    state.write_bytes(b"this is not sqlite" * 100)
+    daemon = daemon_factory(config_text("127.0.0.1:1", state, WALKING))
+    daemon.start()
+    assert daemon.proc is not None
+    assert daemon.proc.wait(timeout=20) == 2
+    assert "not a rolloutd state store" in daemon.output()
+    assert "--fresh" in daemon.output()
+
+
+async def test_sigterm_exits_zero_within_grace_even_with_the_broker_gone(
+    tansu: Tansu, daemon_factory: Any, tmp_path: Path
+) -> None:
+    tansu.create_topics(TOPICS)
+    daemon = daemon_factory(config_text(tansu.bootstrap, tmp_path / "s.db", WALKING))
+    daemon.start()
+    async with Kafka(tansu.bootstrap) as kafka:
+        await kafka.wait_for("rollout.flags", lambda f: len(f) >= 1)
+    tansu.stop()  # the flags still to come cannot be published now
+    started = time.monotonic()
+    assert daemon.signal(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 5 + 3  # the grace period, and a little
+    assert "stay in the outbox" in daemon.output() or "processed" in daemon.output()
