@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -23,6 +24,7 @@ from rolloutd.config import (
     parse_config,
 )
 from rolloutd.core import spec
+from rolloutd.core.schedule import parse_cron
 from rolloutd.core.spec import Baseline, EngineSpec, RolloutSpec, StepSpec, TriggerSpec
 from rolloutd.durations import DURATION_PATTERN, format_duration, parse_duration
 
@@ -187,6 +189,30 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], object], str, str]] = [
      "state.path", "must not be empty"),
     ("not a mapping", lambda d: d.update(engine=[1]),
      "engine", "expected a mapping, got a list"),
+    ("cron hour out of range", lambda d: rollout(d).update(advance_window={"cron": "* 25 * * *"}),
+     "rollouts[0].advance_window.cron", "field 2 (hour): 25 out of range 0-23"),
+    ("cron with four fields", lambda d: rollout(d).update(advance_window={"cron": "* 9 * *"}),
+     "rollouts[0].advance_window.cron", "expected 5 fields"),
+    ("cron missing", lambda d: rollout(d).update(advance_window={"timezone": "UTC"}),
+     "rollouts[0].advance_window.cron", "required"),
+    ("unknown time zone",
+     lambda d: rollout(d).update(advance_window={"cron": "* * * * *", "timezone": "Europe/Berln"}),
+     "rollouts[0].advance_window.timezone",
+     "unknown time zone 'Europe/Berln' (did you mean 'Europe/Berlin'?)"),
+    ("time zone as a path",
+     lambda d: rollout(d).update(advance_window={"cron": "* * * * *", "timezone": "/etc/passwd"}),
+     "rollouts[0].advance_window.timezone", "unknown time zone '/etc/passwd'"),
+    ("naive start_at", lambda d: rollout(d).update(start_at="2025-11-24T09:00:00"),
+     "rollouts[0].start_at", "needs a UTC offset"),
+    ("start_at not a time", lambda d: rollout(d).update(start_at="monday 9am"),
+     "rollouts[0].start_at", "not an RFC 3339 timestamp: 'monday 9am'"),
+    ("start_at not a date", lambda d: rollout(d).update(start_at="2025-02-30T09:00:00Z"),
+     "rollouts[0].start_at", "not a valid time: '2025-02-30T09:00:00Z'"),
+    ("start_at as a number", lambda d: rollout(d).update(start_at=1763971200),
+     "rollouts[0].start_at", "expected an RFC 3339 timestamp"),
+    ("start_at on a manual rollout",
+     lambda d: rollout(d).update(start="manual", start_at="2025-11-24T09:00:00Z"),
+     "rollouts[0].start_at", "only with start: immediately"),
 ]
 
 
@@ -536,3 +562,89 @@ def test_summary() -> None:
 def test_summary_bounds_for_lower_limits() -> None:
     data = with_change(lambda d: trigger(d).update(op="<", baseline={"factor": 0.5}))
     assert "error_rate[canary] < min(0.01, 0.5x control)" in parse(data).summary()
+
+
+# -- schedules ------------------------------------------------------------------------------
+
+
+def test_schedule_to_spec() -> None:
+    data = with_change(
+        lambda d: rollout(d).update(
+            start_at="2025-11-24T09:00:00+01:00",
+            advance_window={"cron": "* 9-15 * * mon-fri", "timezone": "Europe/Berlin"},
+        )
+    )
+    rollout_spec = parse(data).to_spec().rollouts[0]
+    assert rollout_spec.start_at == 1763971200.0  # 2025-11-24T08:00:00Z
+    assert rollout_spec.advance_window == parse_cron(
+        "* 9-15 * * mon-fri", ZoneInfo("Europe/Berlin")
+    )
+    # Without a zone the expression reads in UTC; without either, nothing is scheduled.
+    data = with_change(lambda d: rollout(d).update(advance_window={"cron": "0 9 * * *"}))
+    window = parse(data).to_spec().rollouts[0].advance_window
+    assert window is not None
+    assert window.tz == ZoneInfo("UTC")
+    plain = parse(BASE).to_spec().rollouts[0]
+    assert (plain.start_at, plain.advance_window) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("2025-11-24T09:00:00+01:00", 1763971200.0),
+        ("2025-11-24T08:00:00Z", 1763971200.0),
+        ("2025-11-24t08:00:00.5z", 1763971200.5),
+        ("2025-11-24 03:00:00-05:00", 1763971200.0),
+    ],
+)
+def test_start_at_spellings_quoted_or_not(written: str, expected: float) -> None:
+    for value in (written, f'"{written}"'):  # unquoted, YAML makes a datetime of it
+        text = (
+            "rollouts:\n"
+            "  - {name: a, flag: f, steps: [{percent: 100}],\n"
+            f"     start_at: {value}}}\n"
+        )
+        assert parse_config(text, env={}).to_spec().rollouts[0].start_at == expected
+
+
+def test_unquoted_naive_start_at_is_refused_too() -> None:
+    text = (
+        "rollouts:\n"
+        "  - {name: a, flag: f, steps: [{percent: 100}], start_at: 2025-11-24 09:00:00}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, env={})
+    assert caught.value.errors == [
+        "rollouts[0].start_at: needs a UTC offset, or Z for UTC "
+        "(e.g. 2025-11-24T09:00:00+01:00 or 2025-11-24T08:00:00Z)"
+    ]
+
+
+def test_summary_shows_schedules() -> None:
+    data = with_change(
+        lambda d: rollout(d).update(
+            start_at="2025-11-24T09:00:00+01:00",
+            advance_window={"cron": "* 9-15 * * mon-fri", "timezone": "Europe/Berlin"},
+        )
+    )
+    lines = parse(data).summary().splitlines()
+    assert lines[1:4] == [
+        "rollout checkout-v2: flag new_checkout, start at 2025-11-24T08:00:00Z",
+        "  steps: 5% 10m -> 25% 30m -> 100%, bake 0s",
+        "  steps advance only in: * 9-15 * * mon-fri (Europe/Berlin)",
+    ]
+
+
+def test_schema_describes_schedules() -> None:
+    schema = config_json_schema()
+    example = yaml.safe_load(EXAMPLE.read_text())
+    assert _schema_keys(schema, "AdvanceWindow") == set(example["rollouts"][0]["advance_window"])
+    assert schema["$defs"]["AdvanceWindow"]["required"] == ["cron"]
+    start_at = schema["$defs"]["Rollout"]["properties"]["start_at"]
+    timestamp = next(option for option in start_at["anyOf"] if option.get("type") == "string")
+    assert timestamp["format"] == "date-time"
+    pattern = timestamp["pattern"]
+    assert re.fullmatch(pattern, "2025-11-24T09:00:00+01:00")
+    assert re.fullmatch(pattern, "2025-11-24T08:00:00.5Z")
+    assert not re.fullmatch(pattern, "2025-11-24T09:00:00")  # no offset
+    assert not re.fullmatch(pattern, "monday")

@@ -12,9 +12,11 @@ import difflib
 import os
 import re
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, date, datetime
 from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import yaml
 from pydantic import (
@@ -33,6 +35,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from rolloutd.core import spec
+from rolloutd.core.schedule import CronWindow, parse_cron
 from rolloutd.durations import Duration, PositiveDuration, format_duration
 
 
@@ -77,6 +80,51 @@ LISTEN = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}"
 Listen = Annotated[str, _matching(LISTEN, "not a host:port address: {value!r}"), _schema(LISTEN)]
 Op = Literal[">", ">=", "<", "<=", "unchanged", "absent"]
 Severity = Literal["critical", "warning", "info"]
+
+
+# RFC 3339 date-time. Parsing takes it without the offset too, to tell a naive time apart.
+_DATE_TIME = r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?"
+_OFFSET = r"([Zz]|[+-]\d\d:\d\d)"
+RFC3339 = _DATE_TIME + _OFFSET
+
+
+def _timestamp(value: object) -> object:
+    """An aware datetime from an RFC 3339 string (or from the datetime YAML made of one)."""
+    example = "e.g. 2025-11-24T09:00:00+01:00 or 2025-11-24T08:00:00Z"
+    if isinstance(value, str):
+        if not re.fullmatch(f"{_DATE_TIME}{_OFFSET}?", value):
+            raise ValueError(f"not an RFC 3339 timestamp: {value!r} ({example})")
+        try:
+            value = datetime.fromisoformat(value.upper())
+        except ValueError as exc:
+            raise ValueError(f"not a valid time: {value!r} ({exc})") from None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"needs a UTC offset, or Z for UTC ({example})")
+        return value
+    shown = "a date without a time" if isinstance(value, date) else repr(value)
+    raise ValueError(f"expected an RFC 3339 timestamp ({example}), got {shown}")
+
+
+Timestamp = Annotated[
+    datetime,
+    BeforeValidator(_timestamp, json_schema_input_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": f"^({RFC3339})$"}),
+]
+
+
+def _cron(value: str) -> str:
+    parse_cron(value)  # ValueError names the field
+    return value
+
+
+def _time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        hint = _suggest(name, available_timezones()) or " (an IANA name such as Europe/Berlin)"
+        raise ValueError(f"unknown time zone {name!r}{hint}") from None
+    return name
 
 
 def _one_or_many(value: object) -> object:
@@ -180,15 +228,36 @@ class Step(_Model):
     hold: Duration | None = None
 
 
+class AdvanceWindow(_Model):
+    """When steps may advance: a 5-field cron expression read as wall-clock time in a zone."""
+
+    cron: Annotated[Text, AfterValidator(_cron)]
+    timezone: Annotated[Text, AfterValidator(_time_zone)] = "UTC"
+
+    def to_spec(self) -> CronWindow:
+        return parse_cron(self.cron, ZoneInfo(self.timezone))
+
+
 class Rollout(_Model):
     """One flag moved through steps, guarded by triggers."""
 
     name: Name
     flag: Name
     start: Literal["immediately", "manual"] = "immediately"
+    start_at: Timestamp | None = None
     steps: tuple[Step, ...] = Field(min_length=1)
     bake: Duration = 0.0
+    advance_window: AdvanceWindow | None = None
     triggers: tuple[TriggerRef, ...] = ()
+
+    @model_validator(mode="after")
+    def _check_start_at(self) -> Self:
+        if self.start_at is not None and self.start != "immediately":
+            raise _invalid(
+                "start_at",
+                "only with start: immediately (a manual rollout starts on its start command)",
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_steps(self) -> Self:
@@ -441,8 +510,17 @@ class Config(_Model):
             self.triggers[ref].to_spec(ref) if isinstance(ref, str) else ref.to_spec(ref.name)
             for ref in rollout.triggers
         )
-        return spec.RolloutSpec(name=rollout.name, flag=rollout.flag, steps=steps,
-                                triggers=triggers, start=rollout.start, bake=rollout.bake)
+        start_at, window = rollout.start_at, rollout.advance_window
+        return spec.RolloutSpec(
+            name=rollout.name,
+            flag=rollout.flag,
+            steps=steps,
+            triggers=triggers,
+            start=rollout.start,
+            bake=rollout.bake,
+            start_at=None if start_at is None else start_at.timestamp(),
+            advance_window=None if window is None else window.to_spec(),
+        )
 
     def summary(self) -> str:
         """A few lines a person can check against intent; never shows a secret."""
@@ -472,10 +550,16 @@ def _describe_rollout(rollout: spec.RolloutSpec) -> list[str]:
         f"{step.percent:g}%" + (f" {format_duration(step.hold)}" if step.hold else "")
         for step in rollout.steps
     )
+    start = rollout.start
+    if rollout.start_at is not None:
+        moment = datetime.fromtimestamp(rollout.start_at, UTC)
+        start = f"at {moment.isoformat().replace('+00:00', 'Z')}"
     lines = [
-        f"rollout {rollout.name}: flag {rollout.flag}, start {rollout.start}",
+        f"rollout {rollout.name}: flag {rollout.flag}, start {start}",
         f"  steps: {steps}, bake {format_duration(rollout.bake)}",
     ]
+    if rollout.advance_window is not None:
+        lines.append(f"  steps advance only in: {rollout.advance_window}")
     lines += [f"  trigger {_describe_trigger(trigger)}" for trigger in rollout.triggers]
     return lines if rollout.triggers else [*lines, "  no triggers"]
 

@@ -5,7 +5,12 @@ Rules:
   is refused with a reason and changes nothing.
 * STEPPING as a target means "progressing, or promoted when the new step is the last".
 * Steps advance only through the gate: hold (or bake) elapsed and no trigger pending, firing
-  or short of data. Rollback and abort always decide percent 0.
+  or short of data; a hold also waits for the spec's advance window, if any, to be open.
+  Rollback and abort always decide percent 0.
+* A rollout with `start_at` that the engine starts early stays pending but scheduled: it is
+  armed (so the engine evaluates it), runs no triggers, and starts at the first evaluation
+  point at or after `start_at`. A command accepted meanwhile (start, abort, rollback)
+  replaces the schedule.
 * Triggers are armed in progressing, paused and promoted; a trigger marked
   `after_completion` stays armed in completed too. Several firing at once are handled in
   config order; after a rollback the rest of the evaluation is skipped.
@@ -24,6 +29,7 @@ from rolloutd.core.decisions import (
     TriggerDecision,
     whole,
 )
+from rolloutd.core.schedule import SEARCH_HORIZON
 from rolloutd.core.spec import RolloutSpec
 from rolloutd.core.triggers import FIRING, INACTIVE, TriggerRuntime
 
@@ -73,7 +79,17 @@ def refusal_reason(phase: str, command: str) -> str:
 class RolloutRuntime:
     """The live state of one rollout and the decisions it makes."""
 
-    __slots__ = ("percent", "phase", "spec", "started_at", "step", "step_started", "triggers")
+    __slots__ = (
+        "percent",
+        "phase",
+        "scheduled",
+        "spec",
+        "started_at",
+        "step",
+        "step_started",
+        "triggers",
+        "window_shut",
+    )
 
     def __init__(self, spec: RolloutSpec, triggers: list[TriggerRuntime]) -> None:
         self.spec = spec
@@ -83,6 +99,10 @@ class RolloutRuntime:
         self.step_started = 0.0  # when the current hold or bake began
         self.percent = 0.0
         self.started_at: float | None = None
+        self.scheduled = False  # pending until spec.start_at
+        # A stretch of time known to be outside the advance window: [from, until). Derived
+        # from the spec, so it is a cache and not part of the snapshot.
+        self.window_shut = (0.0, 0.0)
 
     @property
     def last_step(self) -> int:
@@ -93,7 +113,9 @@ class RolloutRuntime:
         phase = self.phase
         if phase in ARMED:
             return True
-        return phase == COMPLETED and any(t.spec.after_completion for t in self.triggers)
+        if phase == COMPLETED:
+            return any(t.spec.after_completion for t in self.triggers)
+        return self.scheduled
 
     # -- decisions ----------------------------------------------------------------------
     def _percent(
@@ -192,12 +214,31 @@ class RolloutRuntime:
 
     # -- the clock and the triggers -----------------------------------------------------
     def start(self, out: list[Decision], now: float, reason: str, actor: str | None = None) -> None:
+        """The engine's start: now, or scheduled for `spec.start_at` if that is later."""
+        start_at = self.spec.start_at
+        if start_at is not None and now < start_at:
+            self.scheduled = True
+            return
+        self._start(out, now, reason, actor)
+
+    def _start(self, out: list[Decision], now: float, reason: str, actor: str | None) -> None:
+        self.scheduled = False
         self.started_at = now
         self._reset_triggers(out, now)
         self._enter_step(out, now, 0, reason, actor)
 
+    def _start_if_due(self, out: list[Decision], now: float) -> None:
+        start_at = self.spec.start_at
+        # No start_at any more: a reload dropped it, so the start is overdue.
+        if start_at is None or now >= start_at:
+            self._start(out, now, "start", None)
+
     def evaluate(self, out: list[Decision], now: float) -> None:
         """One evaluation point: triggers first (they may act), then holds and bake."""
+        if self.scheduled:
+            self._start_if_due(out, now)
+            if self.scheduled:
+                return  # nothing to watch before the start
         if self.armed and not self._run_triggers(out, now):
             return
         phase = self.phase
@@ -205,6 +246,7 @@ class RolloutRuntime:
         while (
             phase == PROGRESSING
             and now >= self.step_started + self.spec.steps[self.step].hold
+            and self._window_open(now)
             and self._gate_open()
         ):
             self._enter_step(out, now, self.step + 1, HOLD_ELAPSED)
@@ -214,6 +256,20 @@ class RolloutRuntime:
 
     def _gate_open(self) -> bool:
         return not any(trig.blocks for trig in self.triggers)
+
+    def _window_open(self, now: float) -> bool:
+        """Whether `now` is inside the advance window (always, without one)."""
+        window = self.spec.advance_window
+        if window is None:
+            return True
+        shut_from, shut_until = self.window_shut
+        if shut_from <= now < shut_until:
+            return False  # the common case while a hold waits for the window
+        if window.contains(now):
+            return True
+        opening = window.next_opening(now)
+        self.window_shut = (now, now + SEARCH_HORIZON if opening is None else opening)
+        return False
 
     def _run_triggers(self, out: list[Decision], now: float) -> bool:
         """Read and step every armed trigger; False if a rollback ended the evaluation."""
@@ -257,13 +313,17 @@ class RolloutRuntime:
         percent: float | None = None,
         full: bool = False,
     ) -> None:
+        if self.scheduled:
+            # A due start comes first, as the engine's own start would have.
+            self._start_if_due(out, now)
         target = TRANSITIONS.get((self.phase, command))
         if target is None:
             self._refuse(out, now, command, refusal_reason(self.phase, command), actor)
             return
+        self.scheduled = False  # every command accepted while pending replaces the schedule
         reason = f"command: {command}"
         if command == "start" or command == "retry":
-            self.start(out, now, reason, actor)
+            self._start(out, now, reason, actor)
         elif command == "promote":
             if self.step == self.last_step:
                 self._refuse(out, now, command, "already at the last step", actor)
@@ -327,6 +387,7 @@ class RolloutRuntime:
             "step_started": self.step_started,
             "percent": self.percent,
             "started_at": self.started_at,
+            "scheduled": self.scheduled,
             "triggers": {t.spec.name: t.dump() for t in self.triggers},
         }
 
@@ -336,6 +397,10 @@ class RolloutRuntime:
         self.step_started = data["step_started"]
         self.percent = data["percent"]
         self.started_at = data["started_at"]
+        # Snapshots from before schedules have no such key. A manual rollout has no schedule,
+        # even if it had one when the snapshot was taken.
+        scheduled = data.get("scheduled", False) and self.spec.start == "immediately"
+        self.scheduled = bool(scheduled) and self.phase == PENDING
         for trig in self.triggers:
             state = data["triggers"].get(trig.spec.name)
             if state is not None:

@@ -1,12 +1,15 @@
 """What the engine is asked to do: plain frozen values built from a validated config.
 
 Rules: the core never sees YAML or pydantic. `rolloutd.config` validates a file and turns it
-into these specs; tests and benchmarks may build them directly. Durations are seconds.
+into these specs; tests and benchmarks may build them directly. Durations are seconds, times
+are unix seconds, and a time zone is a tzinfo the edge has already resolved.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from rolloutd.core.schedule import CronWindow
 
 COMPARISON_OPS = (">", ">=", "<", "<=")
 PRESENCE_OPS = ("unchanged", "absent")
@@ -74,6 +77,10 @@ class RolloutSpec:
     triggers: tuple[TriggerSpec, ...] = ()
     start: str = "immediately"  # "immediately" | "manual"
     bake: float = 0.0
+    # An immediately-rollout starts at the first evaluation point at or after this time.
+    start_at: float | None = None
+    # Steps advance (hold elapsed) only inside this window; everything else acts at any time.
+    advance_window: CronWindow | None = None
 
 
 @dataclass(frozen=True, slots=True)
