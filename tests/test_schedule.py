@@ -539,11 +539,6 @@ def test_start_at_without_triggers_starts_through_a_silence() -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine._is_quiet counts a scheduled pending rollout whose triggers have no data "
-    "as quiet, so bucket boundaries skip it until its next event",
-)
 def test_start_at_with_triggers_starts_through_a_silence() -> None:
     # The realistic case: before the start the canary gets no traffic at all.
     eng = engine(rollout(error_trigger(), start_at=T0 + 100), rollout(name="other", flag="o"))

@@ -316,7 +316,9 @@ class KafkaTopics(_Model):
 
 class KafkaSource(_Model):
     bootstrap_servers: Servers
-    group_id: Text = "rolloutd"
+    # null: no consumer group; every partition of the topics is assigned to this process
+    # (one daemon per topic set), which skips the group join on start.
+    group_id: Text | None = "rolloutd"
     client_id: Text = "rolloutd"
     topics: KafkaTopics = KafkaTopics()
     security: KafkaSecurity = KafkaSecurity()

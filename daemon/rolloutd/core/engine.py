@@ -385,6 +385,8 @@ class Engine:
 
 
 def _is_quiet(route: _Route) -> bool:
+    if route.rollout.scheduled:
+        return False  # its start is a deadline: every boundary counts
     triggers = route.rollout.triggers
     if not triggers or any(t.outcome != INSUFFICIENT for t in triggers):
         return False
