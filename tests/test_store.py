@@ -307,3 +307,13 @@ def test_one_owner_at_a_time(path: Path) -> None:
             Store.open(path, fresh=True)
         assert list(path.parent.glob("*.bak")) == []
     assert reopen(path).engine == b"\x00engine"
+
+
+def test_compact_folds_the_wal_into_the_file_and_keeps_everything(path: Path) -> None:
+    with Store.open(path) as store:
+        for n in range(50):
+            store.commit(Batch(engine=b"e%d" % n, rollouts={"r": b"x" * 4000}))
+        assert store.stats()["wal_bytes"] > 0
+        store.compact()
+        assert store.stats()["wal_bytes"] == 0
+        assert store.load().engine == b"e49"

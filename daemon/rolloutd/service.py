@@ -20,6 +20,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 from rolloutd.adapters.backoff import Backoff
 from rolloutd.adapters.kafka import KafkaConsumerLoop, KafkaPublisher, Record
@@ -33,6 +38,7 @@ log = logging.getLogger("rolloutd.service")
 Clock = Callable[[], float]
 DEFAULT_GRACE = 10.0
 CHUNK = 500
+COMPACT_EVERY = 300.0  # seconds between WAL checkpoints of the state store
 
 
 class _Stop(Exception):
@@ -195,11 +201,51 @@ class Service:
                 loop.remove_signal_handler(sig)
         raise _Stop
 
+    # -- wall-clock jobs -----------------------------------------------------------------
+    def _scheduler(self) -> AsyncIOScheduler:
+        """Jobs on the wall clock: store compaction and advance-window openings.
+
+        The ticker already evaluates every bucket boundary (so steps advance at an opening
+        on their own); the opening job evaluates at the exact moment and says so in the log.
+        """
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        scheduler.add_job(
+            self.store.compact,
+            IntervalTrigger(seconds=COMPACT_EVERY),
+            id="compact",
+            coalesce=True,
+            max_instances=1,
+        )
+        for rollout in self.pipeline.spec.rollouts:
+            if rollout.advance_window is not None:
+                self._schedule_opening(scheduler, rollout.name)
+        return scheduler
+
+    def _schedule_opening(self, scheduler: AsyncIOScheduler, name: str) -> None:
+        window = next(r.advance_window for r in self.pipeline.spec.rollouts if r.name == name)
+        assert window is not None
+        now = self.clock()
+        opening = window.next_opening(now if not window.contains(now) else now + 60.0)
+        if opening is None:
+            return
+
+        def opened() -> None:
+            log.info("advance window of %s is open (%s)", name, window.expression)
+            self.publisher.add(self.pipeline.tick(self.clock()))
+            self._schedule_opening(scheduler, name)
+
+        at = datetime.fromtimestamp(opening, tz=UTC)
+        scheduler.add_job(
+            opened, DateTrigger(run_date=at), id=f"open:{name}", replace_existing=True
+        )
+
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self) -> int:
         self.publisher.add(self.pipeline.unpublished)  # what a previous run did not send
         self.publisher.add(self.pipeline.start(self.clock()))
         self.health.started = True
+        scheduler = self._scheduler()
+        scheduler.start()
         code = 0
         try:
             async with asyncio.TaskGroup() as group:
@@ -217,6 +263,7 @@ class Service:
                 log.error("task failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
             code = 1
         finally:
+            scheduler.shutdown(wait=False)
             await self._shutdown()
         return code
 

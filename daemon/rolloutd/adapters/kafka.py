@@ -114,7 +114,7 @@ class KafkaConsumerLoop:
         if self.source.group_id is not None:
             consumer.subscribe(self.topics, listener=_SeekOnAssign(consumer, self.offsets))
             return
-        partitions = []
+        partitions: list[TopicPartition] = []
         for topic in self.topics:
             ids = consumer.partitions_for_topic(topic)
             if not ids:

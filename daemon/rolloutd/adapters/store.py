@@ -163,6 +163,13 @@ class Store:
         main, wal, _ = (p.stat().st_size if p.exists() else 0 for p in _sidecars(self.path))
         return {"file_bytes": main, "wal_bytes": wal, **counts}
 
+    def compact(self) -> None:
+        """Fold the WAL into the database file and truncate it (a periodic job)."""
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"state file {self.path}: checkpoint failed ({exc})") from exc
+
     def close(self) -> None:
         self._conn.close()  # the last connection checkpoints the WAL into the file
 
