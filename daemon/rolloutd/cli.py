@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--grace", type=float, default=10.0, help="shutdown grace period, seconds")
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
+    _admin_commands(sub)
+
     chk = sub.add_parser("check-config", help="validate a config file and explain it")
     chk.add_argument("path", type=Path)
 
@@ -57,8 +59,38 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+ADMIN = ("start", "promote", "pause", "resume", "abort", "retry", "rollback", "set-percent")
+
+
+def _admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`status` and the rollout commands, spoken to a running daemon's admin API."""
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--url", help="admin API base URL (env ROLLOUTD_URL; default 127.0.0.1:9108)"
+        )
+        p.add_argument("--token", help="bearer token for mutations (env ROLLOUTD_TOKEN)")
+
+    status = sub.add_parser("status", help="show rollouts (one in detail with NAME)")
+    status.add_argument("name", nargs="?")
+    common(status)
+    for name in ADMIN:
+        cmd = sub.add_parser(name, help=f"{name} a rollout through the admin API")
+        cmd.add_argument("name")
+        if name == "set-percent":
+            cmd.add_argument("percent", type=float)
+        if name == "promote":
+            cmd.add_argument("--full", action="store_true", help="straight to the last step")
+        cmd.add_argument("--actor", help="who is acting (default: your user name)")
+        common(cmd)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "status" or args.command in ADMIN:
+        from rolloutd.client import run as run_client
+
+        return run_client(args)
     if args.command == "replay":
         return _replay(args.config, args.events, args.out, args.quiet)
     if args.command == "run":

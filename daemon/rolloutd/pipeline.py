@@ -15,16 +15,16 @@ Rules:
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from collections.abc import Iterable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import msgspec
 
 from rolloutd.adapters.store import Batch, OutboxItem, Store
-from rolloutd.core.decisions import Decision, encode, whole
+from rolloutd.core.decisions import Decision, PercentDecision, encode, whole
 from rolloutd.core.engine import Engine
-from rolloutd.core.events import decode_many
+from rolloutd.core.events import Command, CommandName, decode_many
 from rolloutd.core.spec import EngineSpec
 
 log = logging.getLogger("rolloutd.pipeline")
@@ -55,15 +55,27 @@ class PipelineStats:
     events: Counter[str] = field(default_factory=Counter)  # by source
     invalid: Counter[tuple[str, str]] = field(default_factory=Counter)  # (source, reason)
     decisions: Counter[str] = field(default_factory=Counter)  # by kind
+    rollbacks: Counter[tuple[str, str]] = field(default_factory=Counter)  # (rollout, trigger)
     batches: int = 0
 
 
+RECENT = 50  # decisions kept per rollout for the admin API
+
+
 class Pipeline:
-    def __init__(self, spec: EngineSpec, store: Store, sinks: Sinks) -> None:
+    def __init__(
+        self,
+        spec: EngineSpec,
+        store: Store,
+        sinks: Sinks,
+        latency: Callable[[float], None] | None = None,
+    ) -> None:
         self.spec = spec
         self.store = store
         self.sinks = sinks
+        self.latency = latency  # observes event time -> decision, in seconds
         self.stats = PipelineStats()
+        self.recent: dict[str, deque[Decision]] = {}
         loaded = store.load()
         self.engine = Engine.restore_parts(spec, loaded.engine, loaded.rollouts)
         self.revisions = dict(loaded.revisions)
@@ -105,8 +117,28 @@ class Pipeline:
             for event in events:
                 decisions = handle(event, now)
                 if decisions:
+                    if self.latency is not None:
+                        self.latency(max(0.0, now - event.ts))
                     self._decided(decisions)
         return self._commit(offsets or {})
+
+    def command(
+        self,
+        rollout: str,
+        command: CommandName,
+        now: float,
+        actor: str | None = None,
+        percent: float | None = None,
+        full: bool = False,
+    ) -> tuple[list[Decision], list[OutboxItem]]:
+        """An operator's command (admin API): its decisions, and the messages to publish."""
+        now = self._monotonic(now)
+        event = Command(
+            ts=now, rollout=rollout, command=command, actor=actor, percent=percent, full=full
+        )
+        decisions = self.engine.handle(event, now)
+        self._decided(decisions)
+        return decisions, self._commit({})
 
     def tick(self, now: float) -> list[OutboxItem]:
         decisions = self.engine.advance(self._monotonic(now))
@@ -140,6 +172,12 @@ class Pipeline:
         moved: dict[str, float] = {}
         for decision in decisions:
             self.stats.decisions[decision.kind] += 1
+            recent = self.recent.get(decision.rollout)
+            if recent is None:
+                recent = self.recent[decision.rollout] = deque(maxlen=RECENT)
+            recent.append(decision)
+            if isinstance(decision, PercentDecision) and decision.reason.startswith("rollback: "):
+                self.stats.rollbacks[(decision.rollout, decision.reason[10:])] += 1
             payload = encode(decision)
             log.info("decision %s", payload.decode())
             if self.sinks.decisions_topic is not None:

@@ -22,15 +22,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from rolloutd.adapters.backoff import Backoff
+from rolloutd.adapters.http import AdminContext, build_app
 from rolloutd.adapters.kafka import KafkaConsumerLoop, KafkaPublisher, Record
+from rolloutd.adapters.metrics import DaemonState, build_registry
 from rolloutd.adapters.mqtt import MqttLink, MqttUnavailable
 from rolloutd.adapters.store import OutboxItem, Store
 from rolloutd.config import Config
+from rolloutd.core.decisions import Decision
+from rolloutd.core.events import CommandName
 from rolloutd.pipeline import Pipeline, Sinks
 
 log = logging.getLogger("rolloutd.service")
@@ -153,7 +158,9 @@ class Service:
         self.grace = grace
         self.health = Health()
         self.store = Store.open(config.state.path, fresh=fresh)
-        self.pipeline = Pipeline(config.to_spec(), self.store, sinks_of(config))
+        self.state = DaemonState(ready=lambda: self.health.ready)
+        self.registry, latency = build_registry(lambda: self.pipeline, self.state)
+        self.pipeline = Pipeline(config.to_spec(), self.store, sinks_of(config), latency.observe)
         self.bucket = config.engine.bucket
         kafka_source = config.sources.kafka
         self.kafka_out = None
@@ -163,8 +170,12 @@ class Service:
         if config.sources.mqtt is not None:
             self.mqtt = MqttLink(config.sources.mqtt, self._on_mqtt, self._state("mqtt"))
         self.kafka_in = self._kafka_loop() if config.sources.kafka is not None else None
+        if self.kafka_in is not None:
+            self.state.consumer_lag = self.kafka_in.lag
         self.publisher = Publisher(self.pipeline, self.kafka_out, self.mqtt)
+        self.state.outbox_pending = lambda: len(self.publisher.pending)
         self.stopping = asyncio.Event()
+        self.tasks: dict[str, asyncio.Task[None]] = {}
 
     # -- wiring -------------------------------------------------------------------------
     def _state(self, name: str) -> Callable[[bool], None]:
@@ -239,6 +250,42 @@ class Service:
             opened, DateTrigger(run_date=at), id=f"open:{name}", replace_existing=True
         )
 
+    # -- HTTP ---------------------------------------------------------------------------
+    async def _http(self) -> None:
+        token = self.config.http.token
+        ctx = AdminContext(
+            pipeline=lambda: self.pipeline,
+            registry=self.registry,
+            token=token.get_secret_value() if token is not None else None,
+            run_command=self._command,
+            healthy=lambda: {name: not task.done() for name, task in self.tasks.items()},
+            ready=self._readiness,
+        )
+        runner = web.AppRunner(build_app(ctx), access_log=None)
+        await runner.setup()
+        host, port = self.config.http.address
+        try:
+            await web.TCPSite(runner, host, port).start()
+            log.info("http on %s:%d", host, port)
+            await asyncio.Event().wait()  # serve until cancelled
+        finally:
+            await runner.cleanup()
+
+    async def _command(
+        self, rollout: str, command: CommandName, actor: str, percent: float | None, full: bool
+    ) -> list[Decision]:
+        decisions, items = self.pipeline.command(
+            rollout, command, self.clock(), actor=actor, percent=percent, full=full
+        )
+        self.publisher.add(items)
+        return decisions
+
+    def _readiness(self) -> dict[str, bool]:
+        return {
+            "state restored": self.health.started,
+            **{f"{name} connected": up for name, up in self.health.sources.items()},
+        }
+
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self) -> int:
         self.publisher.add(self.pipeline.unpublished)  # what a previous run did not send
@@ -249,13 +296,18 @@ class Service:
         code = 0
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._signals(), name="signals")
-                group.create_task(self.publisher.run(), name="publisher")
-                group.create_task(self._ticker(), name="ticker")
+                jobs = {
+                    "signals": self._signals(),
+                    "publisher": self.publisher.run(),
+                    "ticker": self._ticker(),
+                    "http": self._http(),
+                }
                 if self.mqtt is not None:
-                    group.create_task(self.mqtt.run(), name="mqtt")
+                    jobs["mqtt"] = self.mqtt.run()
                 if self.kafka_in is not None:
-                    group.create_task(self.kafka_in.run(), name="kafka")
+                    jobs["kafka"] = self.kafka_in.run()
+                for name, job in jobs.items():
+                    self.tasks[name] = group.create_task(job, name=name)
         except* _Stop:
             log.info("stopping: publishing what is left (grace %.1fs)", self.grace)
         except* Exception as failures:

@@ -82,6 +82,7 @@ class KafkaConsumerLoop:
         self.handle = handle
         self.on_state = on_state
         self.backoff = Backoff()
+        self.lag: dict[tuple[str, int], int] = {}  # messages behind each partition's end
 
     async def run(self) -> None:
         while True:
@@ -139,6 +140,12 @@ class KafkaConsumerLoop:
                 positions[(tp.topic, tp.partition)] = messages[-1].offset + 1
             await self.handle(records, positions)
             self.offsets.update(positions)
+            for tp in fetched:
+                end = consumer.highwater(tp)
+                if end is not None:
+                    self.lag[(tp.topic, tp.partition)] = max(
+                        0, end - positions[(tp.topic, tp.partition)]
+                    )
             if self.source.group_id is not None:
                 commit = {TopicPartition(t, p): o for (t, p), o in positions.items()}
                 await _quietly(consumer.commit(commit))

@@ -1,0 +1,187 @@
+"""Prometheus metrics, read from the daemon's state at scrape time.
+
+Rules: metrics go into an injected `CollectorRegistry` (tests build a fresh one). State
+gauges and counters are not updated on the hot path: a collector reads the engine and the
+pipeline's counters when Prometheus scrapes, so an event costs nothing extra. Only the
+decision latency is observed as it happens (a histogram).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from rolloutd.core.rollout import PHASES
+from rolloutd.core.triggers import FIRING, PENDING
+from rolloutd.pipeline import Pipeline
+
+TRIGGER_STATE_VALUES = {PENDING: 1.0, FIRING: 2.0}  # anything else is 0 (inactive)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(slots=True)
+class DaemonState:
+    """What the collector reads besides the pipeline; the service keeps it current."""
+
+    ready: Callable[[], bool] = lambda: False
+    reload_success: bool = True
+    consumer_lag: dict[tuple[str, int], int] = field(default_factory=dict)
+    alerts_sent: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    outbox_pending: Callable[[], int] = lambda: 0
+    breakers: Callable[[], Mapping[str, str]] = dict
+    migrations: Callable[[], Mapping[str, Mapping[str, float]]] = dict
+
+
+class RolloutdCollector(Collector):
+    def __init__(self, pipeline: Callable[[], Pipeline], state: DaemonState) -> None:
+        self.pipeline = pipeline  # a callable: a reload may swap the pipeline's engine
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._rollouts()
+        yield from self._pipeline_counters()
+        yield from self._daemon()
+
+    def _rollouts(self) -> Iterator[Metric]:
+        engine = self.pipeline().engine
+        percent = GaugeMetricFamily(
+            "rolloutd_rollout_percent",
+            "Flag percent the rollout decided",
+            labels=["rollout", "flag"],
+        )
+        phase = GaugeMetricFamily(
+            "rolloutd_rollout_phase",
+            "1 for the rollout's current phase",
+            labels=["rollout", "phase"],
+        )
+        state = GaugeMetricFamily(
+            "rolloutd_trigger_state",
+            "0 inactive, 1 pending, 2 firing",
+            labels=["rollout", "trigger"],
+        )
+        value = GaugeMetricFamily(
+            "rolloutd_trigger_value",
+            "Last measured value of the trigger's metric",
+            labels=["rollout", "trigger"],
+        )
+        bound = GaugeMetricFamily(
+            "rolloutd_trigger_threshold",
+            "Bound the trigger compares with (after baseline)",
+            labels=["rollout", "trigger"],
+        )
+        for rollout in engine.rollouts:
+            name = rollout.spec.name
+            percent.add_metric([name, rollout.spec.flag], rollout.percent)
+            for candidate in PHASES:
+                phase.add_metric([name, candidate], 1.0 if candidate == rollout.phase else 0.0)
+            for trig in rollout.triggers:
+                labels = [name, trig.spec.name]
+                state.add_metric(labels, TRIGGER_STATE_VALUES.get(trig.state, 0.0))
+                if trig.value is not None:
+                    value.add_metric(labels, trig.value)
+                if trig.bound is not None:
+                    bound.add_metric(labels, trig.bound)
+        yield from (percent, phase, state, value, bound)
+
+    def _pipeline_counters(self) -> Iterator[Metric]:
+        stats = self.pipeline().stats
+        events = CounterMetricFamily(
+            "rolloutd_events", "Valid events taken in, by source", labels=["source"]
+        )
+        for source, n in sorted(stats.events.items()):
+            events.add_metric([source], n)
+        invalid = CounterMetricFamily(
+            "rolloutd_events_invalid", "Events rejected and skipped", labels=["source", "reason"]
+        )
+        for (source, reason), n in sorted(stats.invalid.items()):
+            invalid.add_metric([source, reason], n)
+        decisions = CounterMetricFamily(
+            "rolloutd_decisions", "Decisions made, by kind", labels=["kind"]
+        )
+        for kind, n in sorted(stats.decisions.items()):
+            decisions.add_metric([kind], n)
+        rollbacks = CounterMetricFamily(
+            "rolloutd_rollbacks",
+            "Rollbacks by the trigger that caused them",
+            labels=["rollout", "trigger"],
+        )
+        for (rollout, trigger), n in sorted(stats.rollbacks.items()):
+            rollbacks.add_metric([rollout, trigger], n)
+        yield from (events, invalid, decisions, rollbacks)
+
+    def _daemon(self) -> Iterator[Metric]:
+        state = self.state
+        yield GaugeMetricFamily("rolloutd_ready", "1 when ready", value=float(state.ready()))
+        yield GaugeMetricFamily(
+            "rolloutd_config_reload_success",
+            "1 if the last config reload succeeded",
+            value=float(state.reload_success),
+        )
+        yield GaugeMetricFamily(
+            "rolloutd_outbox_pending",
+            "Messages waiting to be published or delivered",
+            value=float(state.outbox_pending()),
+        )
+        lag = GaugeMetricFamily(
+            "rolloutd_consumer_lag",
+            "Messages behind the partition's end",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), n in sorted(state.consumer_lag.items()):
+            lag.add_metric([topic, str(partition)], n)
+        sent = CounterMetricFamily(
+            "rolloutd_alerts_sent", "Alert deliveries by outcome", labels=["notifier", "status"]
+        )
+        for (notifier, status), n in sorted(state.alerts_sent.items()):
+            sent.add_metric([notifier, status], n)
+        yield from (lag, sent)
+        yield from self._breakers_and_migrations()
+
+    def _breakers_and_migrations(self) -> Iterator[Metric]:
+        breaker = GaugeMetricFamily(
+            "rolloutd_breaker_state",
+            "1 for the breaker's current state",
+            labels=["breaker", "state"],
+        )
+        for name, current in sorted(self.state.breakers().items()):
+            breaker.add_metric([name, current], 1.0)
+        yield breaker
+        lag = GaugeMetricFamily(
+            "rolloutd_cdc_lag_seconds", "Source commit to target apply", labels=["migration"]
+        )
+        progress = GaugeMetricFamily(
+            "rolloutd_migration_progress_ratio", "Target rows / source rows", labels=["migration"]
+        )
+        failures = CounterMetricFamily(
+            "rolloutd_data_validation_failures",
+            "Keys that failed validation",
+            labels=["migration", "kind"],
+        )
+        for name, values in sorted(self.state.migrations().items()):
+            if "cdc_lag_seconds" in values:
+                lag.add_metric([name], values["cdc_lag_seconds"])
+            if "progress" in values:
+                progress.add_metric([name], values["progress"])
+            for kind in ("missing", "extra", "mismatch"):
+                if kind in values:
+                    failures.add_metric([name, kind], values[kind])
+        yield from (lag, progress, failures)
+
+
+def build_registry(
+    pipeline: Callable[[], Pipeline], state: DaemonState
+) -> tuple[CollectorRegistry, Histogram]:
+    """A registry with the collector and the decision-latency histogram."""
+    registry = CollectorRegistry()
+    registry.register(RolloutdCollector(pipeline, state))
+    latency = Histogram(
+        "rolloutd_decision_latency_seconds",
+        "From the time of the event that caused a decision to the decision",
+        buckets=LATENCY_BUCKETS,
+        registry=registry,
+    )
+    return registry, latency
