@@ -130,7 +130,7 @@ def _run(config_path: Path, fresh: bool, grace: float, level: str) -> int:
             print(f"  {line}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        service = Service(config, fresh=fresh, grace=grace)
+        service = Service(config, fresh=fresh, grace=grace, config_path=config_path)
     except StoreError as exc:
         print(f"rolloutd: {exc} (run with --fresh to start from an empty state)", file=sys.stderr)
         return EXIT_USAGE

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from rolloutd.adapters.store import Batch, OutboxItem, Store
-from rolloutd.core.decisions import Decision, PercentDecision, encode, whole
+from rolloutd.core.decisions import ConfigDecision, Decision, PercentDecision, encode, whole
 from rolloutd.core.engine import Engine
 from rolloutd.core.events import Command, CommandName, decode_many
 from rolloutd.core.spec import EngineSpec
@@ -60,6 +60,10 @@ class PipelineStats:
 
 
 RECENT = 50  # decisions kept per rollout for the admin API
+
+
+def _config(now: float, rollout: str, change: str, reason: str) -> ConfigDecision:
+    return ConfigDecision(ts=now, kind="config", rollout=rollout, change=change, reason=reason)
 
 
 class Pipeline:
@@ -140,6 +144,34 @@ class Pipeline:
         self._decided(decisions)
         return decisions, self._commit({})
 
+    def reconfigure(self, spec: EngineSpec, now: float) -> list[OutboxItem]:
+        """Apply a new config: unchanged rollouts keep their state; changed ones keep their
+        phase, step and the windows their triggers still read; removed ones stop (their flag
+        is left as it is); new ones start. Each change is a `config` decision."""
+        if spec.bucket != self.spec.bucket:
+            raise ValueError("engine.bucket cannot change on reload: restart the daemon")
+        now = self._monotonic(now)
+        old = self.engine
+        decisions: list[Decision] = old.advance(now)
+        parts = {r.spec.name: old.snapshot_rollout(r.spec.name) for r in old.rollouts}
+        engine = Engine.restore_parts(spec, old.snapshot_global(), parts)
+        before = {r.name: r for r in self.spec.rollouts}
+        after = {r.name: r for r in spec.rollouts}
+        for name in before.keys() - after.keys():
+            decisions.append(
+                _config(now, name, "removed", "no longer in the config; its flag is left as it is")
+            )
+        for name in [r.name for r in spec.rollouts]:
+            if name not in before:
+                decisions.append(_config(now, name, "added", "new in the config"))
+            elif before[name] != after[name]:
+                decisions.append(_config(now, name, "changed", "its definition changed"))
+        self.engine, self.spec = engine, spec
+        decisions += engine.start_new(now)
+        self._decided(decisions)
+        removed = before.keys() - after.keys()
+        return self._commit({}, rewrite_all=True, drop=removed)
+
     def tick(self, now: float) -> list[OutboxItem]:
         decisions = self.engine.advance(self._monotonic(now))
         if decisions:
@@ -202,12 +234,20 @@ class Pipeline:
             topic = f"mqtt:{self.sinks.mqtt_flags_prefix}/{flag}"
             self._outbox.append((topic, None, payload, True))
 
-    def _commit(self, offsets: dict[tuple[str, int], int]) -> list[OutboxItem]:
+    def _commit(
+        self,
+        offsets: dict[tuple[str, int], int],
+        rewrite_all: bool = False,
+        drop: set[str] | None = None,
+    ) -> list[OutboxItem]:
         engine = self.engine
         changed = engine.take_changed()
+        if rewrite_all:
+            changed = {r.spec.name for r in engine.rollouts}
         batch = Batch(
             engine=engine.snapshot_global(),
             rollouts={name: engine.snapshot_rollout(name) for name in changed},
+            drop_rollouts=drop or set(),
             revisions=self._revisions,
             offsets=offsets,
             outbox=self._outbox,

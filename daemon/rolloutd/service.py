@@ -14,6 +14,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -21,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -33,7 +35,8 @@ from rolloutd.adapters.kafka import KafkaConsumerLoop, KafkaPublisher, Record
 from rolloutd.adapters.metrics import DaemonState, build_registry
 from rolloutd.adapters.mqtt import MqttLink, MqttUnavailable
 from rolloutd.adapters.store import OutboxItem, Store
-from rolloutd.config import Config
+from rolloutd.adapters.systemd import SystemdNotifier
+from rolloutd.config import Config, ConfigError, load_config
 from rolloutd.core.decisions import Decision
 from rolloutd.core.events import CommandName
 from rolloutd.pipeline import Pipeline, Sinks
@@ -42,6 +45,7 @@ log = logging.getLogger("rolloutd.service")
 
 Clock = Callable[[], float]
 DEFAULT_GRACE = 10.0
+RELOAD_POLL = 2.0  # seconds between looks at the config file's modification time
 CHUNK = 500
 COMPACT_EVERY = 300.0  # seconds between WAL checkpoints of the state store
 
@@ -135,6 +139,13 @@ class Publisher:
         return not self.pending
 
 
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
 def sinks_of(config: Config) -> Sinks:
     kafka, mqtt = config.sinks.kafka, config.sinks.mqtt
     return Sinks(
@@ -152,8 +163,13 @@ class Service:
         fresh: bool = False,
         clock: Clock = time.time,
         grace: float = DEFAULT_GRACE,
+        config_path: Path | None = None,
     ) -> None:
         self.config = config
+        self.config_path = config_path  # for reloads; None: no reload
+        self.systemd = SystemdNotifier()
+        self.reload_requested = asyncio.Event()
+        self.http_up = asyncio.Event()
         self.clock = clock
         self.grace = grace
         self.health = Health()
@@ -203,14 +219,66 @@ class Service:
 
     async def _signals(self) -> None:
         loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         try:
             await self.stopping.wait()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+        self.systemd.stopping()
         raise _Stop
+
+    # -- systemd and reload -------------------------------------------------------------
+    async def _lifecycle(self) -> None:
+        """READY once serving, then the watchdog at half its interval while tasks live."""
+        await self.http_up.wait()
+        self.systemd.ready(f"{len(self.pipeline.spec.rollouts)} rollouts")
+        interval = self.systemd.watchdog_interval
+        if interval is None:
+            await asyncio.Event().wait()  # nothing more to do, but stay a live task
+            return
+        while True:
+            if all(not t.done() for name, t in self.tasks.items() if name != "lifecycle"):
+                self.systemd.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _reloader(self) -> None:
+        """Reload on SIGHUP or when the config file changes (polled)."""
+        path = self.config_path
+        assert path is not None
+        seen = _mtime(path)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.reload_requested.wait(), RELOAD_POLL)
+            current = _mtime(path)
+            if not self.reload_requested.is_set() and current == seen:
+                continue
+            self.reload_requested.clear()
+            seen = current
+            self.reload(path)
+
+    def reload(self, path: Path) -> bool:
+        """Validate the file fully; apply it, or keep the running config and say why."""
+        self.systemd.reloading()
+        try:
+            config = load_config(path)
+            items = self.pipeline.reconfigure(config.to_spec(), self.clock())
+        except (ConfigError, ValueError) as exc:
+            errors = exc.errors if isinstance(exc, ConfigError) else [str(exc)]
+            log.error("config reload rejected, the running config stays: %s", "; ".join(errors))
+            self.state.reload_success = False
+            self.systemd.ready("config reload rejected")
+            return False
+        for section in ("sources", "sinks", "state", "http"):
+            if getattr(config, section) != getattr(self.config, section):
+                log.warning("config reload: %s changed; that takes effect after a restart", section)
+        self.publisher.add(items)
+        self.state.reload_success = True
+        log.info("config reloaded: %d rollouts", len(config.rollouts))
+        self.systemd.ready(f"{len(config.rollouts)} rollouts")
+        return True
 
     # -- wall-clock jobs -----------------------------------------------------------------
     def _scheduler(self) -> AsyncIOScheduler:
@@ -267,6 +335,7 @@ class Service:
         try:
             await web.TCPSite(runner, host, port).start()
             log.info("http on %s:%d", host, port)
+            self.http_up.set()
             await asyncio.Event().wait()  # serve until cancelled
         finally:
             await runner.cleanup()
@@ -301,7 +370,10 @@ class Service:
                     "publisher": self.publisher.run(),
                     "ticker": self._ticker(),
                     "http": self._http(),
+                    "lifecycle": self._lifecycle(),
                 }
+                if self.config_path is not None:
+                    jobs["reloader"] = self._reloader()
                 if self.mqtt is not None:
                     jobs["mqtt"] = self.mqtt.run()
                 if self.kafka_in is not None:

@@ -66,17 +66,45 @@ class RefusedDecision(Decision, frozen=True, omit_defaults=True, kw_only=True):
     actor: str | None = None
 
 
-AnyDecision = PercentDecision | PhaseDecision | TriggerDecision | AlertDecision | RefusedDecision
+class ConfigDecision(Decision, frozen=True, omit_defaults=True, kw_only=True):
+    """A config reload added, changed or removed this rollout."""
+
+    kind: Literal["config"]
+    change: str  # added | changed | removed
+    reason: str
+
+
+AnyDecision = (
+    PercentDecision
+    | PhaseDecision
+    | TriggerDecision
+    | AlertDecision
+    | RefusedDecision
+    | ConfigDecision
+)
 
 _encoder = msgspec.json.Encoder()
 
 
-def encode(decision: Decision) -> bytes:
+def encode(decision: Decision | BreakerDecision) -> bytes:
     """One decision as compact JSON bytes (no newline)."""
     return _encoder.encode(decision)
 
 
-def to_dict(decision: Decision) -> dict[str, object]:
+def to_dict(decision: Decision | BreakerDecision) -> dict[str, object]:
     """One decision as a plain dict, in wire order."""
     result: dict[str, object] = msgspec.json.decode(_encoder.encode(decision))
     return result
+
+
+class BreakerDecision(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """A circuit breaker changed state. Breakers are not rollouts: no `rollout` field."""
+
+    ts: float
+    kind: Literal["breaker"]
+    breaker: str
+    state: str
+    failure_rate: float | None
+    slow_call_rate: float | None
+    calls: int
+    reason: str
