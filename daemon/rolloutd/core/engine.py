@@ -49,7 +49,7 @@ class _Snapshot(msgspec.Struct):
 class _Route:
     """Everything one rollout's events touch."""
 
-    __slots__ = ("counters", "gauges", "head", "quiet", "requests", "rollout")
+    __slots__ = ("changed", "counters", "gauges", "head", "quiet", "requests", "rollout")
 
     def __init__(self, rollout: RolloutRuntime) -> None:
         self.rollout = rollout
@@ -57,6 +57,7 @@ class _Route:
         # Quiet: every window is empty and every trigger short of data, so until the next
         # event a bucket boundary cannot change anything (no state moves, the gate is shut).
         self.quiet = False
+        self.changed = False  # its state may differ from its last snapshot
         self.requests: dict[str, RequestSeries] = {}
         self.gauges: dict[tuple[str, str], SampleSeries] = {}
         self.counters: dict[tuple[str, str], SampleSeries] = {}
@@ -140,7 +141,6 @@ class Engine:
             r.name: _build_route(r, spec.bucket) for r in spec.rollouts
         }
         self._order = list(self._routes.values())
-        self._changed: set[str] = set()
         self._restored: set[str] = set()  # rollouts whose state came from a snapshot
 
     # -- introspection ------------------------------------------------------------------
@@ -165,7 +165,7 @@ class Engine:
         for route in self._order:
             if route.rollout.spec.start == "immediately":
                 route.rollout.start(out, now, "start")
-                self._changed.add(route.rollout.spec.name)
+                route.changed = True
         return out
 
     def start_new(self, now: float) -> list[Decision]:
@@ -181,7 +181,7 @@ class Engine:
                 continue
             rollout.start(out, now, "start")
             self._restored.add(rollout.spec.name)
-            self._changed.add(rollout.spec.name)
+            route.changed = True
         return out
 
     def advance(self, now: float) -> list[Decision]:
@@ -209,7 +209,7 @@ class Engine:
                 rollout = route.rollout
                 rollout.evaluate(out, boundary)
                 if len(out) > before or any(t.state != INACTIVE for t in rollout.triggers):
-                    self._changed.add(rollout.spec.name)
+                    route.changed = True
                 if self.skip_quiet:
                     route.quiet = _is_quiet(route)
             routes = [r for r in routes if r.rollout.armed and not r.quiet]
@@ -252,7 +252,7 @@ class Engine:
             return out
         current = int(now // bucket)
         route.quiet = False
-        self._changed.add(route.rollout.spec.name)
+        route.changed = True
         if route.head is None or route.head < current:
             self._slide(route, current)
         # An event from the future (clock skew) counts in the current bucket.
@@ -306,7 +306,7 @@ class Engine:
             return
         rollout = route.rollout
         route.quiet = False
-        self._changed.add(rollout.spec.name)
+        route.changed = True
         rollout.command(out, now, cmd.command, cmd.actor, cmd.percent, cmd.full)
         if rollout.armed:
             # A command may open the gate (resume) or arm triggers (start, retry).
@@ -337,7 +337,11 @@ class Engine:
 
     def take_changed(self) -> set[str]:
         """Rollouts whose state may differ from their last snapshot; resets the set."""
-        changed, self._changed = self._changed, set()
+        changed: set[str] = set()
+        for route in self._order:
+            if route.changed:
+                route.changed = False
+                changed.add(route.rollout.spec.name)
         return changed
 
     def snapshot(self) -> bytes:
