@@ -72,3 +72,49 @@ if ! have_mosquitto; then
             "(the MQTT tests need it)" >&2
     fi
 fi
+
+# The deploy tests check alert rules and dashboard queries with promtool (Debian's
+# prometheus package: only the tool is wanted, its service must not start) and the unit
+# file with systemd-analyze.
+deploy_pkgs=()
+command -v promtool >/dev/null 2>&1 || deploy_pkgs+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || deploy_pkgs+=(systemd)
+if [ ${#deploy_pkgs[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        policy=/usr/sbin/policy-rc.d
+        made_policy=
+        aptlog=$(mktemp)
+        deploy_cleanup() {
+            rm -f "$aptlog"
+            if [ -n "$made_policy" ]; then rm -f "$policy"; fi
+        }
+        trap deploy_cleanup EXIT
+        if [ ! -e "$policy" ]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy"
+            chmod +x "$policy"
+            made_policy=1
+        fi
+        install_deploy_tools() {
+            apt-get install -y -qq --no-install-recommends "${deploy_pkgs[@]}" >"$aptlog" 2>&1
+        }
+        if ! install_deploy_tools; then
+            apt-get update -qq >/dev/null
+            if ! install_deploy_tools; then
+                cat "$aptlog" >&2
+                echo "setup.sh: could not install ${deploy_pkgs[*]}" >&2
+                exit 1
+            fi
+        fi
+        deploy_cleanup
+        trap - EXIT
+        if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+            systemctl disable --now prometheus >/dev/null 2>&1 || true
+        else
+            service prometheus stop >/dev/null 2>&1 || true
+        fi
+    else
+        echo "setup.sh: ${deploy_pkgs[*]} missing; install these Debian packages" \
+            "(promtool and systemd-analyze: the deploy tests need them)" >&2
+    fi
+fi
