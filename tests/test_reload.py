@@ -143,7 +143,9 @@ def test_removed_rollout_stops_with_a_decision(running: dict[str, Any]) -> None:
     running["proc"].send_signal(signal.SIGHUP)
     systemd.wait_for(lambda m: sum("READY=1" in x for x in m) >= 2)
     assert names(port) == ["solo"]
-    assert '"change":"removed"' in running["log"].read_text()
+    lines = [json.loads(x) for x in running["log"].read_text().splitlines() if x.startswith("{")]
+    removed = [x for x in lines if x.get("kind") == "config" and x.get("change") == "removed"]
+    assert [x["rollout"] for x in removed] == ["co"]
 
 
 def test_watchdog_and_stopping(running: dict[str, Any]) -> None:

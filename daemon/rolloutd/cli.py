@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--grace", type=float, default=10.0, help="shutdown grace period, seconds")
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    run.add_argument(
+        "--log-format",
+        default="auto",
+        choices=["auto", "json", "console"],
+        help="json lines, or console text (auto: console on a terminal)",
+    )
 
     _admin_commands(sub)
 
@@ -94,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "replay":
         return _replay(args.config, args.events, args.out, args.quiet)
     if args.command == "run":
-        return _run(args.config, args.fresh, args.grace, args.log_level)
+        return _run(args.config, args.fresh, args.grace, args.log_level, args.log_format)
     if args.command == "check-config":
         return _check_config(args.path)
     if args.command == "config-schema":
@@ -111,17 +117,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise AssertionError(args.command)
 
 
-def _run(config_path: Path, fresh: bool, grace: float, level: str) -> int:
+def _run(config_path: Path, fresh: bool, grace: float, level: str, fmt: str) -> int:
     import asyncio
-    import logging
 
+    from rolloutd import logs
     from rolloutd.adapters.store import StoreError
     from rolloutd.config import ConfigError, load_config
     from rolloutd.service import Service
 
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.configure(level, fmt)
     try:
         config = load_config(config_path)
     except ConfigError as exc:
@@ -129,6 +133,7 @@ def _run(config_path: Path, fresh: bool, grace: float, level: str) -> int:
         for line in exc.errors:
             print(f"  {line}", file=sys.stderr)
         return EXIT_USAGE
+    logs.set_secrets(logs.secrets_of(config))
     try:
         service = Service(config, fresh=fresh, grace=grace, config_path=config_path)
     except StoreError as exc:

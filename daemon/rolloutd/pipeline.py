@@ -20,14 +20,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import msgspec
+import structlog
 
 from rolloutd.adapters.store import Batch, OutboxItem, Store
-from rolloutd.core.decisions import ConfigDecision, Decision, PercentDecision, encode, whole
+from rolloutd.core.decisions import (
+    ConfigDecision,
+    Decision,
+    PercentDecision,
+    encode,
+    to_dict,
+    whole,
+)
 from rolloutd.core.engine import Engine
 from rolloutd.core.events import Command, CommandName, decode_many
 from rolloutd.core.spec import EngineSpec
 
 log = logging.getLogger("rolloutd.pipeline")
+decision_log = structlog.get_logger("rolloutd.decisions")
 
 MAX_PAYLOAD_BYTES = 1 << 20
 
@@ -211,7 +220,7 @@ class Pipeline:
             if isinstance(decision, PercentDecision) and decision.reason.startswith("rollback: "):
                 self.stats.rollbacks[(decision.rollout, decision.reason[10:])] += 1
             payload = encode(decision)
-            log.info("decision %s", payload.decode())
+            decision_log.info("decision", **to_dict(decision))
             if self.sinks.decisions_topic is not None:
                 topic = f"kafka:{self.sinks.decisions_topic}"
                 self._outbox.append((topic, decision.rollout.encode(), payload, False))

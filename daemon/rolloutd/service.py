@@ -29,6 +29,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from rolloutd import logs
 from rolloutd.adapters.backoff import Backoff
 from rolloutd.adapters.http import AdminContext, build_app
 from rolloutd.adapters.kafka import KafkaConsumerLoop, KafkaPublisher, Record
@@ -271,6 +272,7 @@ class Service:
             self.state.reload_success = False
             self.systemd.ready("config reload rejected")
             return False
+        logs.set_secrets([*logs.secrets_of(self.config), *logs.secrets_of(config)])
         for section in ("sources", "sinks", "state", "http"):
             if getattr(config, section) != getattr(self.config, section):
                 log.warning("config reload: %s changed; that takes effect after a restart", section)
