@@ -31,8 +31,15 @@ from rolloutd.durations import DURATION_PATTERN, format_duration, parse_duration
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "rolloutd.yaml"
 EXAMPLE_ENV = {
     name: f"example-{name.lower()}"
-    for name in ("KAFKA_PASSWORD", "MQTT_PASSWORD", "ROLLOUTD_TOKEN", "PD_ROUTING_KEY",
-                 "SLACK_WEBHOOK_URL", "AM_TOKEN", "HOOK_SECRET")
+    for name in (
+        "KAFKA_PASSWORD",
+        "MQTT_PASSWORD",
+        "ROLLOUTD_TOKEN",
+        "PD_ROUTING_KEY",
+        "SLACK_WEBHOOK_URL",
+        "AM_TOKEN",
+        "HOOK_SECRET",
+    )
 }
 
 BASE: dict[str, Any] = {
@@ -44,8 +51,11 @@ BASE: dict[str, Any] = {
         {
             "name": "checkout-v2",
             "flag": "new_checkout",
-            "steps": [{"percent": 5, "hold": "10m"}, {"percent": 25, "hold": "30m"},
-                      {"percent": 100}],
+            "steps": [
+                {"percent": 5, "hold": "10m"},
+                {"percent": 25, "hold": "30m"},
+                {"percent": 100},
+            ],
             "triggers": ["error-spike"],
         },
     ],
@@ -83,136 +93,357 @@ def rollout(data: dict[str, Any], index: int = 0) -> dict[str, Any]:
 
 
 INVALID: list[tuple[str, Callable[[dict[str, Any]], object], str, str]] = [
-    ("unknown key", lambda d: trigger(d).update(thresold=1),
-     "triggers.error-spike", "unknown key 'thresold' (did you mean 'threshold'?)"),
-    ("unknown top-level key", lambda d: d.update(rollout=[]),
-     "(top level)", "unknown key 'rollout'"),
-    ("bad duration", lambda d: trigger(d).update(window="5 minutes"),
-     "triggers.error-spike.window", "not a duration: '5 minutes'"),
-    ("negative duration", lambda d: trigger(d).update({"for": -5}),
-     "triggers.error-spike.for", "not a duration: -5"),
-    ("zero window", lambda d: trigger(d).update(window=0),
-     "triggers.error-spike.window", "must be > 0"),
-    ("bad hold", lambda d: rollout(d)["steps"][0].update(hold="soon"),
-     "rollouts[0].steps[0].hold", "not a duration: 'soon'"),
-    ("percent 150", lambda d: rollout(d)["steps"][1].update(percent=150),
-     "rollouts[0].steps[1].percent", "must be <= 100, got 150"),
-    ("steps not increasing", lambda d: rollout(d)["steps"][1].update(percent=5),
-     "rollouts[0].steps[1].percent", "percents must increase: 5 after 5"),
-    ("hold missing", lambda d: rollout(d)["steps"][1].pop("hold"),
-     "rollouts[0].steps[1].hold", "required on every step but the last"),
-    ("no steps", lambda d: rollout(d).update(steps=[]),
-     "rollouts[0].steps", "must not be empty"),
-    ("unknown trigger", lambda d: rollout(d).update(triggers=["error-spik"]),
-     "rollouts[0].triggers[0]", "unknown trigger 'error-spik' (did you mean 'error-spike'?)"),
-    ("trigger listed twice", lambda d: rollout(d).update(triggers=["stuck", "stuck"]),
-     "rollouts[0].triggers[1]", "trigger 'stuck' is listed twice"),
-    ("baseline on unchanged", lambda d: trigger(d, "stuck").update(baseline={"factor": 2}),
-     "triggers.stuck.baseline", "not allowed with op 'unchanged'"),
-    ("threshold on absent", lambda d: trigger(d, "stuck").update(op="absent", threshold=1),
-     "triggers.stuck.threshold", "not allowed with op 'absent'"),
-    ("unchanged on a request metric", lambda d: trigger(d, "stuck").update(metric="error_rate"),
-     "triggers.stuck.op", "'unchanged' applies only to gauge: and counter: metrics"),
-    ("missing threshold", lambda d: trigger(d).pop("threshold"),
-     "triggers.error-spike", "op '>' needs a threshold, a baseline or both"),
-    ("baseline on its own cohort",
-     lambda d: trigger(d).update(baseline={"cohort": "canary", "factor": 2}),
-     "triggers.error-spike.baseline.cohort", "must differ from the cohort 'canary'"),
-    ("baseline factor 0", lambda d: trigger(d).update(baseline={"factor": 0}),
-     "triggers.error-spike.baseline.factor", "must be > 0"),
-    ("unknown metric", lambda d: trigger(d).update(metric="errors"),
-     "triggers.error-spike.metric", "not a metric"),
-    ("unknown op", lambda d: trigger(d).update(op="=="),
-     "triggers.error-spike.op", "expected '>', '>=', '<', '<=', 'unchanged' or 'absent'"),
-    ("negative min_samples", lambda d: trigger(d).update(min_samples=-1),
-     "triggers.error-spike.min_samples", "must be >= 0, got -1"),
-    ("infinite threshold", lambda d: trigger(d).update(threshold=float("inf")),
-     "triggers.error-spike.threshold", "must be a finite number"),
-    ("bad trigger name", lambda d: d["triggers"].update({"bad name": d["triggers"]["stuck"]}),
-     "triggers.bad name", "not a valid name"),
-    ("duplicate rollout", lambda d: d["rollouts"].append(second_rollout(name="checkout-v2")),
-     "rollouts[1].name", "duplicate rollout name 'checkout-v2'"),
-    ("two rollouts one flag", lambda d: d["rollouts"].append(second_rollout(flag="new_checkout")),
-     "rollouts[1].flag", "flag 'new_checkout' is already driven by rollout 'checkout-v2'"),
-    ("inline trigger without name",
-     lambda d: rollout(d).update(triggers=[{"metric": "error_rate", "window": "1m", "op": ">",
-                                            "threshold": 0.1}]),
-     "rollouts[0].triggers[0].name", "required"),
-    ("inline trigger breaking a rule",
-     lambda d: rollout(d).update(triggers=[{"name": "x", "metric": "error_rate", "window": "1m",
-                                            "op": ">"}]),
-     "rollouts[0].triggers[0]", "op '>' needs a threshold, a baseline or both"),
-    ("unknown key in inline trigger",
-     lambda d: rollout(d).update(triggers=[{"name": "x", "metric": "error_rate", "window": "1m",
-                                            "op": ">", "threshold": 0.1, "cohrt": "a"}]),
-     "rollouts[0].triggers[0]", "unknown key 'cohrt'"),
-    ("trigger reference not a name", lambda d: rollout(d).update(triggers=[42]),
-     "rollouts[0].triggers[0]", "expected a trigger name or an inline trigger mapping"),
-    ("window not a multiple of the bucket", lambda d: trigger(d).update(window="1500ms"),
-     "triggers.error-spike.window", "1s500ms is not a whole number of 1s buckets"),
-    ("inline window shorter than the bucket",
-     lambda d: (d.update(engine={"bucket": "10s"}), d["triggers"]["stuck"].update(window="5s")),
-     "triggers.stuck.window", "5s is not a whole number of 10s buckets"),
-    ("alert of unknown type", lambda d: d.update(alerts=[{"name": "a", "type": "email"}]),
-     "alerts[0]", "unknown 'type' 'email'"),
-    ("alert without type", lambda d: d.update(alerts=[{"name": "a"}]),
-     "alerts[0]", "required key 'type' is missing"),
-    ("alert without its key", lambda d: d.update(alerts=[{"name": "a", "type": "pagerduty"}]),
-     "alerts[0].routing_key", "required"),
-    ("unknown key in an alert",
-     lambda d: d.update(alerts=[{"name": "a", "type": "slack", "webhook_url": "x", "chanel": 1}]),
-     "alerts[0]", "unknown key 'chanel'"),
-    ("alert filter names no rollout",
-     lambda d: d.update(alerts=[{"name": "a", "type": "slack", "webhook_url": "x",
-                                 "rollouts": ["nope"]}]),
-     "alerts[0].rollouts[0]", "unknown rollout 'nope'"),
-    ("bad severity filter",
-     lambda d: d.update(alerts=[{"name": "a", "type": "slack", "webhook_url": "x",
-                                 "severities": ["urgent"]}]),
-     "alerts[0].severities[0]", "expected 'critical', 'warning' or 'info'"),
-    ("SASL without password",
-     lambda d: d.update(sources={"kafka": {"bootstrap_servers": "k:9092", "security": {
-         "protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "username": "u"}}}),
-     "sources.kafka.security.password", "required with protocol SASL_SSL"),
-    ("client cert without key",
-     lambda d: d.update(sources={"mqtt": {"url": "mqtts://m", "cert_file": "c.pem"}}),
-     "sources.mqtt.key_file", "cert_file and key_file go together"),
-    ("sink without its source", lambda d: d.update(sinks={"kafka": {}}),
-     "sinks.kafka", "needs sources.kafka"),
-    ("bad listen address", lambda d: d.update(http={"listen": "9108"}),
-     "http.listen", "not a host:port address"),
-    ("missing env var", lambda d: d.update(http={"token": "${ROLLOUTD_TOKEN}"}),
-     "http.token", "environment variable ROLLOUTD_TOKEN is not set"),
-    ("malformed env reference", lambda d: d.update(state={"path": "${not valid}"}),
-     "state.path", "bad ${...} reference"),
-    ("empty string", lambda d: d.update(state={"path": ""}),
-     "state.path", "must not be empty"),
-    ("not a mapping", lambda d: d.update(engine=[1]),
-     "engine", "expected a mapping, got a list"),
-    ("cron hour out of range", lambda d: rollout(d).update(advance_window={"cron": "* 25 * * *"}),
-     "rollouts[0].advance_window.cron", "field 2 (hour): 25 out of range 0-23"),
-    ("cron with four fields", lambda d: rollout(d).update(advance_window={"cron": "* 9 * *"}),
-     "rollouts[0].advance_window.cron", "expected 5 fields"),
-    ("cron missing", lambda d: rollout(d).update(advance_window={"timezone": "UTC"}),
-     "rollouts[0].advance_window.cron", "required"),
-    ("unknown time zone",
-     lambda d: rollout(d).update(advance_window={"cron": "* * * * *", "timezone": "Europe/Berln"}),
-     "rollouts[0].advance_window.timezone",
-     "unknown time zone 'Europe/Berln' (did you mean 'Europe/Berlin'?)"),
-    ("time zone as a path",
-     lambda d: rollout(d).update(advance_window={"cron": "* * * * *", "timezone": "/etc/passwd"}),
-     "rollouts[0].advance_window.timezone", "unknown time zone '/etc/passwd'"),
-    ("naive start_at", lambda d: rollout(d).update(start_at="2025-11-24T09:00:00"),
-     "rollouts[0].start_at", "needs a UTC offset"),
-    ("start_at not a time", lambda d: rollout(d).update(start_at="monday 9am"),
-     "rollouts[0].start_at", "not an RFC 3339 timestamp: 'monday 9am'"),
-    ("start_at not a date", lambda d: rollout(d).update(start_at="2025-02-30T09:00:00Z"),
-     "rollouts[0].start_at", "not a valid time: '2025-02-30T09:00:00Z'"),
-    ("start_at as a number", lambda d: rollout(d).update(start_at=1763971200),
-     "rollouts[0].start_at", "expected an RFC 3339 timestamp"),
-    ("start_at on a manual rollout",
-     lambda d: rollout(d).update(start="manual", start_at="2025-11-24T09:00:00Z"),
-     "rollouts[0].start_at", "only with start: immediately"),
+    (
+        "unknown key",
+        lambda d: trigger(d).update(thresold=1),
+        "triggers.error-spike",
+        "unknown key 'thresold' (did you mean 'threshold'?)",
+    ),
+    (
+        "unknown top-level key",
+        lambda d: d.update(rollout=[]),
+        "(top level)",
+        "unknown key 'rollout'",
+    ),
+    (
+        "bad duration",
+        lambda d: trigger(d).update(window="5 minutes"),
+        "triggers.error-spike.window",
+        "not a duration: '5 minutes'",
+    ),
+    (
+        "negative duration",
+        lambda d: trigger(d).update({"for": -5}),
+        "triggers.error-spike.for",
+        "not a duration: -5",
+    ),
+    (
+        "zero window",
+        lambda d: trigger(d).update(window=0),
+        "triggers.error-spike.window",
+        "must be > 0",
+    ),
+    (
+        "bad hold",
+        lambda d: rollout(d)["steps"][0].update(hold="soon"),
+        "rollouts[0].steps[0].hold",
+        "not a duration: 'soon'",
+    ),
+    (
+        "percent 150",
+        lambda d: rollout(d)["steps"][1].update(percent=150),
+        "rollouts[0].steps[1].percent",
+        "must be <= 100, got 150",
+    ),
+    (
+        "steps not increasing",
+        lambda d: rollout(d)["steps"][1].update(percent=5),
+        "rollouts[0].steps[1].percent",
+        "percents must increase: 5 after 5",
+    ),
+    (
+        "hold missing",
+        lambda d: rollout(d)["steps"][1].pop("hold"),
+        "rollouts[0].steps[1].hold",
+        "required on every step but the last",
+    ),
+    ("no steps", lambda d: rollout(d).update(steps=[]), "rollouts[0].steps", "must not be empty"),
+    (
+        "unknown trigger",
+        lambda d: rollout(d).update(triggers=["error-spik"]),
+        "rollouts[0].triggers[0]",
+        "unknown trigger 'error-spik' (did you mean 'error-spike'?)",
+    ),
+    (
+        "trigger listed twice",
+        lambda d: rollout(d).update(triggers=["stuck", "stuck"]),
+        "rollouts[0].triggers[1]",
+        "trigger 'stuck' is listed twice",
+    ),
+    (
+        "baseline on unchanged",
+        lambda d: trigger(d, "stuck").update(baseline={"factor": 2}),
+        "triggers.stuck.baseline",
+        "not allowed with op 'unchanged'",
+    ),
+    (
+        "threshold on absent",
+        lambda d: trigger(d, "stuck").update(op="absent", threshold=1),
+        "triggers.stuck.threshold",
+        "not allowed with op 'absent'",
+    ),
+    (
+        "unchanged on a request metric",
+        lambda d: trigger(d, "stuck").update(metric="error_rate"),
+        "triggers.stuck.op",
+        "'unchanged' applies only to gauge: and counter: metrics",
+    ),
+    (
+        "missing threshold",
+        lambda d: trigger(d).pop("threshold"),
+        "triggers.error-spike",
+        "op '>' needs a threshold, a baseline or both",
+    ),
+    (
+        "baseline on its own cohort",
+        lambda d: trigger(d).update(baseline={"cohort": "canary", "factor": 2}),
+        "triggers.error-spike.baseline.cohort",
+        "must differ from the cohort 'canary'",
+    ),
+    (
+        "baseline factor 0",
+        lambda d: trigger(d).update(baseline={"factor": 0}),
+        "triggers.error-spike.baseline.factor",
+        "must be > 0",
+    ),
+    (
+        "unknown metric",
+        lambda d: trigger(d).update(metric="errors"),
+        "triggers.error-spike.metric",
+        "not a metric",
+    ),
+    (
+        "unknown op",
+        lambda d: trigger(d).update(op="=="),
+        "triggers.error-spike.op",
+        "expected '>', '>=', '<', '<=', 'unchanged' or 'absent'",
+    ),
+    (
+        "negative min_samples",
+        lambda d: trigger(d).update(min_samples=-1),
+        "triggers.error-spike.min_samples",
+        "must be >= 0, got -1",
+    ),
+    (
+        "infinite threshold",
+        lambda d: trigger(d).update(threshold=float("inf")),
+        "triggers.error-spike.threshold",
+        "must be a finite number",
+    ),
+    (
+        "bad trigger name",
+        lambda d: d["triggers"].update({"bad name": d["triggers"]["stuck"]}),
+        "triggers.bad name",
+        "not a valid name",
+    ),
+    (
+        "duplicate rollout",
+        lambda d: d["rollouts"].append(second_rollout(name="checkout-v2")),
+        "rollouts[1].name",
+        "duplicate rollout name 'checkout-v2'",
+    ),
+    (
+        "two rollouts one flag",
+        lambda d: d["rollouts"].append(second_rollout(flag="new_checkout")),
+        "rollouts[1].flag",
+        "flag 'new_checkout' is already driven by rollout 'checkout-v2'",
+    ),
+    (
+        "inline trigger without name",
+        lambda d: rollout(d).update(
+            triggers=[{"metric": "error_rate", "window": "1m", "op": ">", "threshold": 0.1}]
+        ),
+        "rollouts[0].triggers[0].name",
+        "required",
+    ),
+    (
+        "inline trigger breaking a rule",
+        lambda d: rollout(d).update(
+            triggers=[{"name": "x", "metric": "error_rate", "window": "1m", "op": ">"}]
+        ),
+        "rollouts[0].triggers[0]",
+        "op '>' needs a threshold, a baseline or both",
+    ),
+    (
+        "unknown key in inline trigger",
+        lambda d: rollout(d).update(
+            triggers=[
+                {
+                    "name": "x",
+                    "metric": "error_rate",
+                    "window": "1m",
+                    "op": ">",
+                    "threshold": 0.1,
+                    "cohrt": "a",
+                }
+            ]
+        ),
+        "rollouts[0].triggers[0]",
+        "unknown key 'cohrt'",
+    ),
+    (
+        "trigger reference not a name",
+        lambda d: rollout(d).update(triggers=[42]),
+        "rollouts[0].triggers[0]",
+        "expected a trigger name or an inline trigger mapping",
+    ),
+    (
+        "window not a multiple of the bucket",
+        lambda d: trigger(d).update(window="1500ms"),
+        "triggers.error-spike.window",
+        "1s500ms is not a whole number of 1s buckets",
+    ),
+    (
+        "inline window shorter than the bucket",
+        lambda d: (d.update(engine={"bucket": "10s"}), d["triggers"]["stuck"].update(window="5s")),
+        "triggers.stuck.window",
+        "5s is not a whole number of 10s buckets",
+    ),
+    (
+        "alert of unknown type",
+        lambda d: d.update(alerts=[{"name": "a", "type": "email"}]),
+        "alerts[0]",
+        "unknown 'type' 'email'",
+    ),
+    (
+        "alert without type",
+        lambda d: d.update(alerts=[{"name": "a"}]),
+        "alerts[0]",
+        "required key 'type' is missing",
+    ),
+    (
+        "alert without its key",
+        lambda d: d.update(alerts=[{"name": "a", "type": "pagerduty"}]),
+        "alerts[0].routing_key",
+        "required",
+    ),
+    (
+        "unknown key in an alert",
+        lambda d: d.update(
+            alerts=[{"name": "a", "type": "slack", "webhook_url": "x", "chanel": 1}]
+        ),
+        "alerts[0]",
+        "unknown key 'chanel'",
+    ),
+    (
+        "alert filter names no rollout",
+        lambda d: d.update(
+            alerts=[{"name": "a", "type": "slack", "webhook_url": "x", "rollouts": ["nope"]}]
+        ),
+        "alerts[0].rollouts[0]",
+        "unknown rollout 'nope'",
+    ),
+    (
+        "bad severity filter",
+        lambda d: d.update(
+            alerts=[{"name": "a", "type": "slack", "webhook_url": "x", "severities": ["urgent"]}]
+        ),
+        "alerts[0].severities[0]",
+        "expected 'critical', 'warning' or 'info'",
+    ),
+    (
+        "SASL without password",
+        lambda d: d.update(
+            sources={
+                "kafka": {
+                    "bootstrap_servers": "k:9092",
+                    "security": {
+                        "protocol": "SASL_SSL",
+                        "sasl_mechanism": "PLAIN",
+                        "username": "u",
+                    },
+                }
+            }
+        ),
+        "sources.kafka.security.password",
+        "required with protocol SASL_SSL",
+    ),
+    (
+        "client cert without key",
+        lambda d: d.update(sources={"mqtt": {"url": "mqtts://m", "cert_file": "c.pem"}}),
+        "sources.mqtt.key_file",
+        "cert_file and key_file go together",
+    ),
+    (
+        "sink without its source",
+        lambda d: d.update(sinks={"kafka": {}}),
+        "sinks.kafka",
+        "needs sources.kafka",
+    ),
+    (
+        "bad listen address",
+        lambda d: d.update(http={"listen": "9108"}),
+        "http.listen",
+        "not a host:port address",
+    ),
+    (
+        "missing env var",
+        lambda d: d.update(http={"token": "${ROLLOUTD_TOKEN}"}),
+        "http.token",
+        "environment variable ROLLOUTD_TOKEN is not set",
+    ),
+    (
+        "malformed env reference",
+        lambda d: d.update(state={"path": "${not valid}"}),
+        "state.path",
+        "bad ${...} reference",
+    ),
+    ("empty string", lambda d: d.update(state={"path": ""}), "state.path", "must not be empty"),
+    ("not a mapping", lambda d: d.update(engine=[1]), "engine", "expected a mapping, got a list"),
+    (
+        "cron hour out of range",
+        lambda d: rollout(d).update(advance_window={"cron": "* 25 * * *"}),
+        "rollouts[0].advance_window.cron",
+        "field 2 (hour): 25 out of range 0-23",
+    ),
+    (
+        "cron with four fields",
+        lambda d: rollout(d).update(advance_window={"cron": "* 9 * *"}),
+        "rollouts[0].advance_window.cron",
+        "expected 5 fields",
+    ),
+    (
+        "cron missing",
+        lambda d: rollout(d).update(advance_window={"timezone": "UTC"}),
+        "rollouts[0].advance_window.cron",
+        "required",
+    ),
+    (
+        "unknown time zone",
+        lambda d: rollout(d).update(
+            advance_window={"cron": "* * * * *", "timezone": "Europe/Berln"}
+        ),
+        "rollouts[0].advance_window.timezone",
+        "unknown time zone 'Europe/Berln' (did you mean 'Europe/Berlin'?)",
+    ),
+    (
+        "time zone as a path",
+        lambda d: rollout(d).update(
+            advance_window={"cron": "* * * * *", "timezone": "/etc/passwd"}
+        ),
+        "rollouts[0].advance_window.timezone",
+        "unknown time zone '/etc/passwd'",
+    ),
+    (
+        "naive start_at",
+        lambda d: rollout(d).update(start_at="2025-11-24T09:00:00"),
+        "rollouts[0].start_at",
+        "needs a UTC offset",
+    ),
+    (
+        "start_at not a time",
+        lambda d: rollout(d).update(start_at="monday 9am"),
+        "rollouts[0].start_at",
+        "not an RFC 3339 timestamp: 'monday 9am'",
+    ),
+    (
+        "start_at not a date",
+        lambda d: rollout(d).update(start_at="2025-02-30T09:00:00Z"),
+        "rollouts[0].start_at",
+        "not a valid time: '2025-02-30T09:00:00Z'",
+    ),
+    (
+        "start_at as a number",
+        lambda d: rollout(d).update(start_at=1763971200),
+        "rollouts[0].start_at",
+        "expected an RFC 3339 timestamp",
+    ),
+    (
+        "start_at on a manual rollout",
+        lambda d: rollout(d).update(start="manual", start_at="2025-11-24T09:00:00Z"),
+        "rollouts[0].start_at",
+        "only with start: immediately",
+    ),
 ]
 
 
@@ -269,9 +500,19 @@ def test_unreadable_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [
-        ("30s", 30.0), ("5m", 300.0), ("1h30m", 5400.0), ("2h", 7200.0), ("1d", 86400.0),
-        ("250ms", 0.25), ("1m500ms", 60.5), ("1.5h", 5400.0), ("90", 90.0), ("0", 0.0),
-        (45, 45.0), (0.5, 0.5), (0, 0.0),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("2h", 7200.0),
+        ("1d", 86400.0),
+        ("250ms", 0.25),
+        ("1m500ms", 60.5),
+        ("1.5h", 5400.0),
+        ("90", 90.0),
+        ("0", 0.0),
+        (45, 45.0),
+        (0.5, 0.5),
+        (0, 0.0),
     ],
 )
 def test_durations(value: object, seconds: float) -> None:
@@ -282,8 +523,25 @@ def test_durations(value: object, seconds: float) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["5 minutes", "", "m", "5m3", "1m1h", "1h1h", " 5m", "1e3", "-5", "inf", "5M", -1,
-     float("nan"), float("inf"), True, None, [5]],
+    [
+        "5 minutes",
+        "",
+        "m",
+        "5m3",
+        "1m1h",
+        "1h1h",
+        " 5m",
+        "1e3",
+        "-5",
+        "inf",
+        "5M",
+        -1,
+        float("nan"),
+        float("inf"),
+        True,
+        None,
+        [5],
+    ],
 )
 def test_not_durations(value: object) -> None:
     with pytest.raises(ValueError, match="not a duration"):
@@ -299,7 +557,11 @@ def test_formatted_durations_parse_back(millis: int) -> None:
 
 def test_format_duration_reads_naturally() -> None:
     assert [format_duration(s) for s in (0, 0.25, 90, 5400, 86400)] == [
-        "0s", "250ms", "1m30s", "1h30m", "1d",
+        "0s",
+        "250ms",
+        "1m30s",
+        "1h30m",
+        "1d",
     ]
 
 
@@ -323,8 +585,12 @@ def test_env_substitution(text: str, env: dict[str, str], expected: str) -> None
 
 
 def test_env_substitution_reaches_lists_and_durations() -> None:
-    data = with_change(lambda d: (rollout(d)["steps"][0].update(hold="${HOLD}"),
-                                  rollout(d).update(triggers=["${TRIGGER}"])))
+    data = with_change(
+        lambda d: (
+            rollout(d)["steps"][0].update(hold="${HOLD}"),
+            rollout(d).update(triggers=["${TRIGGER}"]),
+        )
+    )
     config = parse(data, {"HOLD": "2m", "TRIGGER": "stuck"})
     assert config.rollouts[0].steps[0].hold == 120.0
     assert config.rollouts[0].triggers == ("stuck",)
@@ -337,30 +603,65 @@ def test_env_defaults_to_process_environment(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_to_spec() -> None:
-    data = with_change(lambda d: (
-        trigger(d).update({"baseline": {"factor": 5}, "for": "30s", "min_samples": 100,
-                           "action": "pause", "severity": "warning", "after_completion": True}),
-        rollout(d).update(start="manual", bake="1h", triggers=[
-            {"name": "p99", "metric": "latency_p99", "window": 60, "op": ">=", "threshold": 800},
-            "error-spike",
-        ]),
-        rollout(d)["steps"][2].update(hold="5m"),
-        d.update(engine={"bucket": "500ms"}),
-    ))
+    data = with_change(
+        lambda d: (
+            trigger(d).update(
+                {
+                    "baseline": {"factor": 5},
+                    "for": "30s",
+                    "min_samples": 100,
+                    "action": "pause",
+                    "severity": "warning",
+                    "after_completion": True,
+                }
+            ),
+            rollout(d).update(
+                start="manual",
+                bake="1h",
+                triggers=[
+                    {
+                        "name": "p99",
+                        "metric": "latency_p99",
+                        "window": 60,
+                        "op": ">=",
+                        "threshold": 800,
+                    },
+                    "error-spike",
+                ],
+            ),
+            rollout(d)["steps"][2].update(hold="5m"),
+            d.update(engine={"bucket": "500ms"}),
+        )
+    )
     expected = EngineSpec(
         bucket=0.5,
-        rollouts=(RolloutSpec(
-            name="checkout-v2", flag="new_checkout", start="manual", bake=3600.0,
-            steps=(StepSpec(5.0, 600.0), StepSpec(25.0, 1800.0), StepSpec(100.0, 0.0)),
-            triggers=(
-                TriggerSpec(name="p99", metric="latency_p99", op=">=", window=60.0,
-                            threshold=800.0),
-                TriggerSpec(name="error-spike", metric="error_rate", op=">", window=300.0,
-                            threshold=0.01, baseline=Baseline("control", 5.0), for_=30.0,
-                            min_samples=100, action="pause", severity="warning",
-                            after_completion=True),
+        rollouts=(
+            RolloutSpec(
+                name="checkout-v2",
+                flag="new_checkout",
+                start="manual",
+                bake=3600.0,
+                steps=(StepSpec(5.0, 600.0), StepSpec(25.0, 1800.0), StepSpec(100.0, 0.0)),
+                triggers=(
+                    TriggerSpec(
+                        name="p99", metric="latency_p99", op=">=", window=60.0, threshold=800.0
+                    ),
+                    TriggerSpec(
+                        name="error-spike",
+                        metric="error_rate",
+                        op=">",
+                        window=300.0,
+                        threshold=0.01,
+                        baseline=Baseline("control", 5.0),
+                        for_=30.0,
+                        min_samples=100,
+                        action="pause",
+                        severity="warning",
+                        after_completion=True,
+                    ),
+                ),
             ),
-        ),),
+        ),
     )
     assert parse(data).to_spec() == expected
 
@@ -377,13 +678,16 @@ def test_defaults() -> None:
 
 
 def test_service_sections_and_their_defaults() -> None:
-    config = parse({
-        "sources": {"kafka": {"bootstrap_servers": "a:9092, b:9092",
-                              "topics": {"metrics": "only.one"}},
-                    "mqtt": {"url": "mqtt://broker:1883", "topics": "fleet/#"}},
-        "sinks": {"kafka": {}, "mqtt": {}},
-        "http": {"listen": "[::1]:9000"},
-    })
+    config = parse(
+        {
+            "sources": {
+                "kafka": {"bootstrap_servers": "a:9092, b:9092", "topics": {"metrics": "only.one"}},
+                "mqtt": {"url": "mqtt://broker:1883", "topics": "fleet/#"},
+            },
+            "sinks": {"kafka": {}, "mqtt": {}},
+            "http": {"listen": "[::1]:9000"},
+        }
+    )
     kafka, mqtt = config.sources.kafka, config.sources.mqtt
     assert kafka is not None
     assert mqtt is not None
@@ -391,7 +695,10 @@ def test_service_sections_and_their_defaults() -> None:
     assert kafka.topics.metrics == ("only.one",)
     assert kafka.topics.commands == "rollout.commands"
     assert (kafka.group_id, kafka.auto_offset_reset, kafka.security.protocol) == (
-        "rolloutd", "latest", "PLAINTEXT")
+        "rolloutd",
+        "latest",
+        "PLAINTEXT",
+    )
     assert (mqtt.topics, mqtt.qos) == (("fleet/#",), 1)
     assert config.sinks.kafka is not None
     assert config.sinks.mqtt is not None
@@ -402,10 +709,21 @@ def test_service_sections_and_their_defaults() -> None:
 
 
 def test_alert_filters() -> None:
-    config = parse(with_change(lambda d: d.update(alerts=[
-        {"name": "pd", "type": "pagerduty", "routing_key": "k", "severities": ["critical"]},
-        {"name": "all", "type": "webhook", "url": "https://h.invalid/x"},
-    ])))
+    config = parse(
+        with_change(
+            lambda d: d.update(
+                alerts=[
+                    {
+                        "name": "pd",
+                        "type": "pagerduty",
+                        "routing_key": "k",
+                        "severities": ["critical"],
+                    },
+                    {"name": "all", "type": "webhook", "url": "https://h.invalid/x"},
+                ]
+            )
+        )
+    )
     paging, everything = config.alerts
     assert paging.type == "pagerduty"
     assert paging.url == "https://events.pagerduty.com/v2/enqueue"
@@ -430,13 +748,22 @@ def test_example_config_loads() -> None:
     engine = config.to_spec()
     assert [r.name for r in engine.rollouts] == ["checkout-v2", "orders-split"]
     assert [t.name for t in engine.rollouts[0].triggers] == [
-        "error-spike", "slow-canary", "checkout-availability"]
+        "error-spike",
+        "slow-canary",
+        "checkout-availability",
+        "users-breaker-open",
+    ]
+    assert [b.name for b in engine.breakers] == ["user-service-v2"]
     kafka = config.sources.kafka
     assert kafka is not None
     assert kafka.security.password is not None
     assert kafka.security.password.get_secret_value() == "example-kafka_password"
     assert {alert.type for alert in config.alerts} == {
-        "pagerduty", "slack", "alertmanager", "webhook"}
+        "pagerduty",
+        "slack",
+        "alertmanager",
+        "webhook",
+    }
 
 
 def _schema_keys(schema: dict[str, Any], name: str) -> set[str]:
@@ -460,6 +787,7 @@ def test_example_config_sets_every_option() -> None:
         assert _schema_keys(schema, name) == set(example[section])
     assert _schema_keys(schema, "KafkaSink") == set(example["sinks"]["kafka"])
     assert _schema_keys(schema, "MqttSink") == set(example["sinks"]["mqtt"])
+    assert _schema_keys(schema, "Breaker") == set(example["breakers"][0])
     assert set(schema["properties"]) == set(example)
     alert_keys = set().union(*example["alerts"])
     kinds = ("PagerDutyAlert", "SlackAlert", "AlertmanagerAlert", "WebhookAlert")
@@ -484,14 +812,16 @@ def test_json_schema_shape() -> None:
     assert schema["type"] == "object"
     assert schema["additionalProperties"] is False
     assert {"triggers", "rollouts", "engine", "sources", "sinks", "state", "http", "alerts"} <= (
-        set(schema["properties"]))
+        set(schema["properties"])
+    )
     for ref in _refs(schema):
         assert ref.removeprefix("#/$defs/") in schema["$defs"], ref
     trigger_props = schema["$defs"]["Trigger"]["properties"]
     assert "for" in trigger_props
     assert "for_" not in trigger_props
-    assert {t["type"] for t in trigger_props["window"]["anyOf"]} == {"string", "number"}
-    assert schema["$defs"]["Trigger"]["required"] == ["metric", "window", "op"]
+    # window: a duration, or left out for breaker: metrics (checked by a validator)
+    assert {t["type"] for t in trigger_props["window"]["anyOf"]} == {"string", "number", "null"}
+    assert schema["$defs"]["Trigger"]["required"] == ["metric", "op"]
 
 
 SECRET = "hunter2-SECRET-value"
@@ -499,19 +829,33 @@ SECRET = "hunter2-SECRET-value"
 
 def _secret_config(secret_place: str) -> dict[str, Any]:
     reference = "${SECRET}" if secret_place == "env" else SECRET
-    return with_change(lambda d: d.update(
-        sources={"kafka": {"bootstrap_servers": "k:9092", "security": {
-            "protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "username": "u",
-            "password": reference}},
-            "mqtt": {"url": "mqtt://m", "username": "u", "password": reference}},
-        http={"token": reference},
-        alerts=[
-            {"name": "pd", "type": "pagerduty", "routing_key": reference},
-            {"name": "slack", "type": "slack", "webhook_url": reference},
-            {"name": "hook", "type": "webhook", "url": "https://h.invalid",
-             "headers": {"Authorization": reference}},
-        ],
-    ))
+    return with_change(
+        lambda d: d.update(
+            sources={
+                "kafka": {
+                    "bootstrap_servers": "k:9092",
+                    "security": {
+                        "protocol": "SASL_SSL",
+                        "sasl_mechanism": "PLAIN",
+                        "username": "u",
+                        "password": reference,
+                    },
+                },
+                "mqtt": {"url": "mqtt://m", "username": "u", "password": reference},
+            },
+            http={"token": reference},
+            alerts=[
+                {"name": "pd", "type": "pagerduty", "routing_key": reference},
+                {"name": "slack", "type": "slack", "webhook_url": reference},
+                {
+                    "name": "hook",
+                    "type": "webhook",
+                    "url": "https://h.invalid",
+                    "headers": {"Authorization": reference},
+                },
+            ],
+        )
+    )
 
 
 @pytest.mark.parametrize("secret_place", ["literal", "env"])
@@ -539,11 +883,15 @@ def test_secrets_never_show_in_errors(secret_place: str) -> None:
 
 
 def test_summary() -> None:
-    data = with_change(lambda d: (
-        trigger(d).update({"baseline": {"factor": 5}, "for": "5m"}),
-        d.update(http={"token": "t"}, alerts=[{"name": "pd", "type": "pagerduty",
-                                               "routing_key": "k"}]),
-    ))
+    data = with_change(
+        lambda d: (
+            trigger(d).update({"baseline": {"factor": 5}, "for": "5m"}),
+            d.update(
+                http={"token": "t"},
+                alerts=[{"name": "pd", "type": "pagerduty", "routing_key": "k"}],
+            ),
+        )
+    )
     assert parse(data).summary().splitlines() == [
         "1 rollout(s), bucket 1s",
         "rollout checkout-v2: flag new_checkout, start immediately",
@@ -648,3 +996,46 @@ def test_schema_describes_schedules() -> None:
     assert re.fullmatch(pattern, "2025-11-24T08:00:00.5Z")
     assert not re.fullmatch(pattern, "2025-11-24T09:00:00")  # no offset
     assert not re.fullmatch(pattern, "monday")
+
+
+BREAKERS = """
+breakers:
+  - {name: users, service: user-service, minimum_calls: 10}
+rollouts:
+  - name: a
+    flag: f
+    steps: [{percent: 10, hold: 1m}, {percent: 100}]
+    triggers:
+      - {name: users-open, metric: "breaker:users", op: ">=", threshold: 1}
+"""
+
+
+def test_breakers_and_breaker_triggers_reach_the_spec() -> None:
+    engine = parse_config(BREAKERS).to_spec()
+    assert [b.name for b in engine.breakers] == ["users"]
+    assert engine.breakers[0].service == "user-service"
+    trigger = engine.rollouts[0].triggers[0]
+    assert (trigger.metric_kind, trigger.metric_name) == ("breaker", "users")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("breaker:users", "breaker:nope"), "unknown breaker 'nope'"),
+        (('op: ">=", threshold: 1', "op: absent"), "a breaker: metric takes a comparison"),
+        (("minimum_calls: 10", "minimum_calls: 0"), "breakers[0].minimum_calls"),
+    ],
+)
+def test_breaker_errors_name_the_path(change: tuple[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(BREAKERS.replace(*change))
+    assert any(message in error for error in caught.value.errors), caught.value.errors
+
+
+def test_a_trigger_without_a_window_is_an_error_unless_it_reads_a_breaker() -> None:
+    text = BREAKERS.replace(
+        '"breaker:users", op: ">=", threshold: 1', 'error_rate, op: ">", threshold: 1'
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert any("window: required" in error for error in caught.value.errors)

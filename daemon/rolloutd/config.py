@@ -35,6 +35,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from rolloutd.core import spec
+from rolloutd.core.breaker import BreakerSpec
 from rolloutd.core.schedule import CronWindow, parse_cron
 from rolloutd.durations import Duration, PositiveDuration, format_duration
 
@@ -62,10 +63,11 @@ Name = Annotated[
     _schema(NAME),
 ]
 Text = Annotated[str, Field(min_length=1)]
-METRIC = "|".join(spec.REQUEST_METRICS) + r"|(gauge|counter):\S+"
+METRIC = "|".join(spec.REQUEST_METRICS) + r"|(gauge|counter|breaker):\S+"
 Metric = Annotated[
     str, _matching(METRIC, "not a metric: {value!r} (expected error_rate, availability, "
-                   "request_rate, latency_p50/90/95/99, gauge:<name> or counter:<name>)"),
+                   "request_rate, latency_p50/90/95/99, gauge:<name>, counter:<name> "
+                   "or breaker:<name>)"),
     _schema(METRIC),
 ]
 # URLs may carry credentials, so their messages never repeat the value.
@@ -167,7 +169,7 @@ class Trigger(_Model):
 
     metric: Metric
     cohort: Text = "canary"
-    window: PositiveDuration
+    window: PositiveDuration | None = None  # required, except for breaker: metrics
     op: Op
     threshold: float | None = None
     baseline: Baseline | None = None
@@ -179,6 +181,8 @@ class Trigger(_Model):
 
     @model_validator(mode="after")
     def _check_op(self) -> Self:
+        if self.window is None and not self.metric.startswith("breaker:"):
+            raise _invalid("window", "required")
         if self.op in spec.COMPARISON_OPS:
             if self.threshold is None and self.baseline is None:
                 raise _invalid("", f"op {self.op!r} needs a threshold, a baseline or both")
@@ -197,7 +201,8 @@ class Trigger(_Model):
         relative = self.baseline
         baseline = None if relative is None else spec.Baseline(relative.cohort, relative.factor)
         return spec.TriggerSpec(
-            name=name, metric=self.metric, op=self.op, window=self.window, cohort=self.cohort,
+            name=name, metric=self.metric, op=self.op, window=self.window or 1.0,
+            cohort=self.cohort,
             threshold=self.threshold, baseline=baseline, for_=self.for_,
             min_samples=self.min_samples, action=self.action, severity=self.severity,
             after_completion=self.after_completion,
@@ -388,6 +393,10 @@ class _Alert(_Model):
     rollouts: Annotated[tuple[Name, ...], Field(min_length=1)] | None = None
     send_resolved: bool = True
     timeout: PositiveDuration = 10.0
+    # Alerts of one rollout arriving within group_wait go out as one notification; 0: off.
+    group_wait: Duration = 0.0
+    # A still-firing alert is sent again this often; 0: never.
+    repeat_interval: Duration = 4 * 3600.0
 
     def accepts(self, rollout: str, severity: str) -> bool:
         """Whether this notifier wants an alert; an absent filter lets everything through."""
@@ -424,6 +433,32 @@ Alert = Annotated[
 ]
 
 
+class Breaker(_Model):
+    """A circuit breaker over the calls to one `service` (resilience4j's semantics)."""
+
+    name: Name
+    service: Text
+    window: Literal["count", "time"] = "count"
+    window_size: int = Field(100, ge=1)
+    failure_rate: float = Field(0.5, gt=0, le=1)
+    slow_call_rate: float = Field(1.0, gt=0, le=1)
+    slow_call_duration: PositiveDuration = 60.0
+    minimum_calls: int = Field(100, ge=1)
+    wait_in_open: PositiveDuration = 60.0
+    wait_multiplier: float = Field(1.0, ge=1)
+    max_wait_in_open: PositiveDuration = 600.0
+    permitted_in_half_open: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _check_wait(self) -> Self:
+        if self.max_wait_in_open < self.wait_in_open:
+            raise _invalid("max_wait_in_open", "must be at least wait_in_open")
+        return self
+
+    def to_spec(self) -> BreakerSpec:
+        return BreakerSpec(**self.model_dump())
+
+
 class Config(_Model):
     """The whole file. Build it with `load_config` or `parse_config`.
 
@@ -438,11 +473,15 @@ class Config(_Model):
     state: State = State()
     http: Http = Http()
     alerts: tuple[Alert, ...] = ()
+    breakers: tuple[Breaker, ...] = ()
 
     @model_validator(mode="after")
     def _check_references(self) -> Self:
         # Raised past pydantic on purpose: these errors already carry exact paths.
-        errors = [*self._rollout_errors(), *self._window_errors(), *self._service_errors()]
+        errors = [
+            *self._rollout_errors(), *self._window_errors(), *self._service_errors(),
+            *self._breaker_errors(),
+        ]
         if errors:
             raise ConfigError(errors)
         return self
@@ -475,6 +514,8 @@ class Config(_Model):
     def _window_errors(self) -> Iterator[str]:
         bucket = self.engine.bucket
         for at, trigger in self._inline_and_named_triggers():
+            if trigger.window is None:
+                continue
             count = trigger.window / bucket
             # Tolerance, because 1.5s over 250ms buckets is 6 even if the division wobbles.
             if round(count) < 1 or abs(count - round(count)) > 1e-6:
@@ -495,10 +536,27 @@ class Config(_Model):
             if getattr(self.sinks, kind) is not None and getattr(self.sources, kind) is None:
                 yield f"sinks.{kind}: needs sources.{kind} (the {kind} connection is shared)"
 
+    def _breaker_errors(self) -> Iterator[str]:
+        names: dict[str, int] = {}
+        for index, breaker in enumerate(self.breakers):
+            if breaker.name in names:
+                yield (f"breakers[{index}].name: duplicate breaker {breaker.name!r} "
+                       f"(also breakers[{names[breaker.name]}])")
+            names.setdefault(breaker.name, index)
+        for at, trigger in self._inline_and_named_triggers():
+            head, _, name = trigger.metric.partition(":")
+            if head != "breaker":
+                continue
+            if name not in names:
+                yield f"{at}.metric: unknown breaker {name!r}{_suggest(name, names)}"
+            if trigger.op not in spec.COMPARISON_OPS or trigger.baseline is not None:
+                yield f"{at}.op: a breaker: metric takes a comparison and a threshold, no baseline"
+
     def to_spec(self) -> spec.EngineSpec:
         """The engine's view: names resolved, durations in seconds, the last hold zero."""
         return spec.EngineSpec(
             rollouts=tuple(self._rollout_spec(rollout) for rollout in self.rollouts),
+            breakers=tuple(breaker.to_spec() for breaker in self.breakers),
             bucket=self.engine.bucket,
         )
 
@@ -574,7 +632,8 @@ def _describe_trigger(trigger: spec.TriggerSpec) -> str:
         condition += f" {bound}({trigger.threshold:g}, {relative})"
     elif trigger.threshold is not None or relative:
         condition += f" {relative or format(trigger.threshold, 'g')}"
-    text = f"{trigger.name}: {condition} over {format_duration(trigger.window)}"
+    over = format_duration(trigger.window) if trigger.window is not None else "its state"
+    text = f"{trigger.name}: {condition} over {over}"
     if trigger.for_:
         text += f" for {format_duration(trigger.for_)}"
     if trigger.min_samples:

@@ -24,6 +24,7 @@ import structlog
 
 from rolloutd.adapters.store import Batch, OutboxItem, Store
 from rolloutd.core.decisions import (
+    BreakerDecision,
     ConfigDecision,
     Decision,
     PercentDecision,
@@ -41,6 +42,13 @@ decision_log = structlog.get_logger("rolloutd.decisions")
 MAX_PAYLOAD_BYTES = 1 << 20
 
 
+class BreakerState(msgspec.Struct, frozen=True):
+    breaker: str
+    state: str
+    revision: int
+    ts: float
+
+
 class FlagState(msgspec.Struct, frozen=True):
     flag: str
     percent: float | int
@@ -54,9 +62,10 @@ class FlagState(msgspec.Struct, frozen=True):
 class Sinks:
     """Where messages go; None: not published there."""
 
-    flags_topic: str | None = None
+    flags_topic: str | None = None  # flag state, and breaker state keyed "breaker:<name>"
     decisions_topic: str | None = None
     mqtt_flags_prefix: str | None = None
+    mqtt_breakers_prefix: str | None = None
 
 
 @dataclass(slots=True)
@@ -213,6 +222,9 @@ class Pipeline:
         moved: dict[str, float] = {}
         for decision in decisions:
             self.stats.decisions[decision.kind] += 1
+            if isinstance(decision, BreakerDecision):
+                self._breaker_message(decision)
+                continue
             recent = self.recent.get(decision.rollout)
             if recent is None:
                 recent = self.recent[decision.rollout] = deque(maxlen=RECENT)
@@ -228,6 +240,32 @@ class Pipeline:
                 moved[decision.rollout] = decision.ts
         for name, ts in moved.items():
             self._flag_message(name, ts)
+
+    def _breaker_message(self, decision: BreakerDecision) -> None:
+        """Audit it, and publish the breaker's state for the services to obey."""
+        payload = encode(decision)
+        decision_log.info("decision", **to_dict(decision))
+        key = f"breaker:{decision.breaker}"
+        if self.sinks.decisions_topic is not None:
+            topic = f"kafka:{self.sinks.decisions_topic}"
+            self._outbox.append((topic, key.encode(), payload, False))
+        revision = self.revisions.get(key, 0) + 1
+        self.revisions[key] = self._revisions[key] = revision
+        state = msgspec.json.encode(
+            BreakerState(decision.breaker, decision.state, revision, decision.ts)
+        )
+        if self.sinks.flags_topic is not None:
+            self._outbox.append((f"kafka:{self.sinks.flags_topic}", key.encode(), state, False))
+        if self.sinks.mqtt_breakers_prefix is not None:
+            topic = f"mqtt:{self.sinks.mqtt_breakers_prefix}/{decision.breaker}"
+            self._outbox.append((topic, None, state, True))
+
+    def breaker_command(
+        self, name: str, command: str, now: float
+    ) -> tuple[list[Decision], list[OutboxItem]]:
+        decisions = self.engine.breaker_command(name, command, self._monotonic(now))
+        self._decided(decisions)
+        return decisions, self._commit({})
 
     def _flag_message(self, name: str, ts: float) -> None:
         rollout = self.engine.rollout(name)

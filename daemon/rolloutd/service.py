@@ -153,7 +153,14 @@ def sinks_of(config: Config) -> Sinks:
         flags_topic=kafka.flags_topic if kafka else None,
         decisions_topic=kafka.decisions_topic if kafka else None,
         mqtt_flags_prefix=mqtt.flags_prefix if mqtt else None,
+        mqtt_breakers_prefix=_sibling(mqtt.flags_prefix, "breakers") if mqtt else None,
     )
+
+
+def _sibling(prefix: str, name: str) -> str:
+    """rollouts/flags -> rollouts/breakers."""
+    parent, _, _ = prefix.rstrip("/").rpartition("/")
+    return f"{parent}/{name}" if parent else name
 
 
 class Service:
@@ -191,6 +198,7 @@ class Service:
             self.state.consumer_lag = self.kafka_in.lag
         self.publisher = Publisher(self.pipeline, self.kafka_out, self.mqtt)
         self.state.outbox_pending = lambda: len(self.publisher.pending)
+        self.state.breakers = lambda: {n: b.state for n, b in self.pipeline.engine.breakers.items()}
         self.stopping = asyncio.Event()
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -330,6 +338,7 @@ class Service:
             run_command=self._command,
             healthy=lambda: {name: not task.done() for name, task in self.tasks.items()},
             ready=self._readiness,
+            run_breaker_command=self._breaker_command,
         )
         runner = web.AppRunner(build_app(ctx), access_log=None)
         await runner.setup()
@@ -348,6 +357,11 @@ class Service:
         decisions, items = self.pipeline.command(
             rollout, command, self.clock(), actor=actor, percent=percent, full=full
         )
+        self.publisher.add(items)
+        return decisions
+
+    async def _breaker_command(self, name: str, command: str) -> list[Decision]:
+        decisions, items = self.pipeline.breaker_command(name, command, self.clock())
         self.publisher.add(items)
         return decisions
 

@@ -30,6 +30,9 @@ assert set(MUTATIONS) <= set(get_args(CommandName))
 
 # (rollout, command, actor, percent, full) -> decisions; the service runs it on its loop.
 CommandRunner = Callable[[str, CommandName, str, float | None, bool], Awaitable[list[Decision]]]
+# (breaker, command) -> decisions
+BreakerRunner = Callable[[str, str], Awaitable[list[Decision]]]
+BREAKER_COMMANDS = ("force_open", "disable", "metrics_only", "reset")
 
 
 @dataclass(slots=True)
@@ -40,6 +43,7 @@ class AdminContext:
     run_command: CommandRunner
     healthy: Callable[[], dict[str, bool]]  # task name -> alive
     ready: Callable[[], dict[str, bool]]  # condition -> met
+    run_breaker_command: BreakerRunner | None = None
 
 
 def rollout_view(rollout: RolloutRuntime, recent: Sequence[Decision]) -> dict[str, Any]:
@@ -80,6 +84,8 @@ def build_app(ctx: AdminContext) -> web.Application:
     app.router.add_get("/api/v1/rollouts", _list)
     app.router.add_get("/api/v1/rollouts/{name}", _show)
     app.router.add_post("/api/v1/rollouts/{name}/{command}", _mutate)
+    app.router.add_get("/api/v1/breakers", _breakers)
+    app.router.add_post("/api/v1/breakers/{name}/{command}", _breaker_command)
     return app
 
 
@@ -151,6 +157,39 @@ async def _mutate(request: web.Request) -> web.Response:
     if refused:
         return web.json_response({**payload, "error": to_dict(refused[0])["reason"]}, status=409)
     return web.json_response(payload)
+
+
+async def _breakers(request: web.Request) -> web.Response:
+    breakers = _ctx(request).pipeline().engine.breakers
+    return web.json_response(
+        {
+            "breakers": [
+                {
+                    "name": name,
+                    "service": b.spec.service,
+                    "state": b.state,
+                    "calls": b.calls(),
+                    "failure_rate": b.failure_rate(),
+                    "slow_call_rate": b.slow_call_rate(),
+                }
+                for name, b in breakers.items()
+            ]
+        }
+    )
+
+
+async def _breaker_command(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    denied = _check_token(ctx.token, request.headers.get("Authorization", ""))
+    if denied is not None:
+        return denied
+    name, command = request.match_info["name"], request.match_info["command"]
+    if command not in BREAKER_COMMANDS or ctx.run_breaker_command is None:
+        return _error(404, f"unknown command; one of {', '.join(BREAKER_COMMANDS)}")
+    if name not in ctx.pipeline().engine.breakers:
+        return _error(404, f"no breaker named {name!r}")
+    decisions = await ctx.run_breaker_command(name, command)
+    return web.json_response({"decisions": [to_dict(d) for d in decisions]})
 
 
 def _command_name(text: str) -> CommandName | None:

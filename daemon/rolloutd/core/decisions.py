@@ -86,22 +86,23 @@ AnyDecision = (
 _encoder = msgspec.json.Encoder()
 
 
-def encode(decision: Decision | BreakerDecision) -> bytes:
+def encode(decision: Decision) -> bytes:
     """One decision as compact JSON bytes (no newline)."""
     return _encoder.encode(decision)
 
 
-def to_dict(decision: Decision | BreakerDecision) -> dict[str, object]:
+def to_dict(decision: Decision) -> dict[str, object]:
     """One decision as a plain dict, in wire order."""
     result: dict[str, object] = msgspec.json.decode(_encoder.encode(decision))
     return result
 
 
-class BreakerDecision(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
-    """A circuit breaker changed state. Breakers are not rollouts: no `rollout` field."""
+class BreakerDecision(Decision, frozen=True, omit_defaults=True, kw_only=True):
+    """A circuit breaker changed state. Breakers are not rollouts: `rollout` stays empty
+    and is left out of the JSON."""
 
-    ts: float
     kind: Literal["breaker"]
+    rollout: str = ""
     breaker: str
     state: str
     failure_rate: float | None

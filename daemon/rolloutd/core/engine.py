@@ -21,11 +21,12 @@ from typing import Any
 
 import msgspec
 
-from rolloutd.core.decisions import Decision, RefusedDecision
+from rolloutd.core.breaker import BreakerRuntime
+from rolloutd.core.decisions import BreakerDecision, Decision, RefusedDecision
 from rolloutd.core.events import Command, Counter, Event, Gauge, Request, Requests
 from rolloutd.core.rollout import RolloutRuntime
 from rolloutd.core.spec import EngineSpec, RolloutSpec, TriggerSpec
-from rolloutd.core.triggers import INACTIVE, INSUFFICIENT, TriggerRuntime
+from rolloutd.core.triggers import INACTIVE, INSUFFICIENT, BreakerView, TriggerRuntime
 from rolloutd.core.windows import RequestSeries, SampleSeries
 
 SNAPSHOT_VERSION = 1
@@ -67,6 +68,8 @@ def _spans(triggers: Iterable[TriggerSpec], bucket: float) -> dict[tuple[str, st
     """Window lengths (in buckets) per series key (kind, cohort, name)."""
     spans: dict[tuple[str, str, str], set[int]] = {}
     for trig in triggers:
+        if trig.metric_kind == "breaker":
+            continue  # reads a breaker's state, not a window
         span = max(1, round(trig.window / bucket))
         kind = trig.metric_kind
         name = "" if kind == "request" else trig.metric_name
@@ -81,7 +84,7 @@ def _cohorts(trig: TriggerSpec) -> tuple[str, ...]:
     return (trig.cohort, trig.baseline.cohort)
 
 
-def _build_route(spec: RolloutSpec, bucket: float) -> _Route:
+def _build_route(spec: RolloutSpec, bucket: float, breakers: dict[str, BreakerRuntime]) -> _Route:
     spans = _spans(spec.triggers, bucket)
     latency = {
         cohort for t in spec.triggers if t.metric.startswith("latency_") for cohort in _cohorts(t)
@@ -95,7 +98,12 @@ def _build_route(spec: RolloutSpec, bucket: float) -> _Route:
         else:
             route.counters[(cohort, name)] = SampleSeries(lengths)
     for trig in spec.triggers:
-        route.rollout.triggers.append(_trigger_runtime(route, trig, bucket))
+        if trig.metric_kind == "breaker":
+            view = BreakerView(breakers[trig.metric_name])
+            runtime = TriggerRuntime(trig, view, None, None, bucket, bucket)
+        else:
+            runtime = _trigger_runtime(route, trig, bucket)
+        route.rollout.triggers.append(runtime)
     return route
 
 
@@ -137,9 +145,19 @@ class Engine:
         self.stats = EngineStats()
         self.now: float | None = None  # the engine's time; None before the first call
         self._head = 0  # the last bucket boundary evaluated
+        self._breakers = {b.name: BreakerRuntime(b) for b in spec.breakers}
+        self._by_service: dict[str, list[BreakerRuntime]] = {}
+        for breaker in self._breakers.values():
+            self._by_service.setdefault(breaker.spec.service, []).append(breaker)
         self._routes: dict[str, _Route] = {
-            r.name: _build_route(r, spec.bucket) for r in spec.rollouts
+            r.name: _build_route(r, spec.bucket, self._breakers) for r in spec.rollouts
         }
+        # breaker name -> the routes with a trigger on it: re-evaluated when it moves
+        self._breaker_readers: dict[str, list[_Route]] = {}
+        for route in self._routes.values():
+            for trig in route.rollout.triggers:
+                if trig.spec.metric_kind == "breaker":
+                    self._breaker_readers.setdefault(trig.spec.metric_name, []).append(route)
         self._order = list(self._routes.values())
         self._restored: set[str] = set()  # rollouts whose state came from a snapshot
 
@@ -200,9 +218,12 @@ class Engine:
         bucket = self.bucket
         routes = [r for r in self._order if r.rollout.armed and not r.quiet]
         for b in range(self._head + 1, last + 1):
-            if not routes:
+            waiting = [x for x in self._breakers.values() if x.state == "open"]
+            if not routes and not waiting:
                 break  # a long silence costs nothing once every rollout is quiet
             boundary = b * bucket
+            for breaker in waiting:  # the only move time makes on its own: open -> half_open
+                self._breaker_moved(out, breaker, breaker.advance(boundary), boundary)
             for route in routes:
                 self._slide(route, b)
                 before = len(out)
@@ -247,6 +268,11 @@ class Engine:
         if type(event) is Command:
             self._command(out, route, event, now)
             return out
+        if event.service is not None and event.service in self._by_service:
+            for breaker in self._by_service[event.service]:
+                calls = breaker.calls_of(event)
+                if calls is not None:
+                    self._breaker_moved(out, breaker, breaker.record(now, *calls), now)
         if route is None:
             stats.unrouted += 1
             return out
@@ -291,6 +317,39 @@ class Engine:
                 trig.dirty = True
         return added
 
+    # -- breakers -----------------------------------------------------------------------
+    @property
+    def breakers(self) -> dict[str, BreakerRuntime]:
+        return self._breakers
+
+    def breaker_command(self, name: str, command: str, now: float) -> list[Decision]:
+        """force_open | disable | metrics_only | reset, at `now`; KeyError if unknown."""
+        breaker = self._breakers[name]
+        out = self.advance(now)
+        now = self.now if self.now is not None else now
+        self._breaker_moved(out, breaker, breaker.command(now, command), now)
+        return out
+
+    def _breaker_moved(
+        self,
+        out: list[Decision],
+        breaker: BreakerRuntime,
+        decisions: list[BreakerDecision],
+        now: float,
+    ) -> None:
+        """Record the breaker's decisions and evaluate the rollouts that watch it."""
+        if not decisions:
+            return
+        out.extend(decisions)
+        for route in self._breaker_readers.get(breaker.spec.name, ()):
+            for trig in route.rollout.triggers:
+                trig.dirty = True
+            if route.rollout.armed:
+                route.changed = True
+                route.quiet = False
+                self._slide(route, self._bucket_of(now))
+                route.rollout.evaluate(out, now)
+
     def _command(self, out: list[Decision], route: _Route | None, cmd: Command, now: float) -> None:
         if route is None:
             out.append(
@@ -321,7 +380,14 @@ class Engine:
 
     def snapshot_global(self) -> bytes:
         stats = [getattr(self.stats, f) for f in _STAT_FIELDS]
-        state = {"version": SNAPSHOT_VERSION, "now": self.now, "head": self._head, "stats": stats}
+        breakers = {name: b.dump() for name, b in self._breakers.items()}
+        state = {
+            "version": SNAPSHOT_VERSION,
+            "now": self.now,
+            "head": self._head,
+            "stats": stats,
+            "breakers": breakers,
+        }
         return msgspec.json.encode(state)
 
     def snapshot_rollout(self, name: str) -> bytes:
@@ -380,6 +446,9 @@ class Engine:
         engine._head = state["head"]
         for field, value in zip(_STAT_FIELDS, state["stats"], strict=True):
             setattr(engine.stats, field, value)
+        for name, dump in state.get("breakers", {}).items():
+            if name in engine._breakers:
+                engine._breakers[name].load(dump)
         for name, part in rollouts.items():
             route = engine._routes.get(name)
             if route is not None:

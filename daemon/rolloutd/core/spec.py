@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rolloutd.core.breaker import BreakerSpec
 from rolloutd.core.schedule import CronWindow
 
 COMPARISON_OPS = (">", ">=", "<", "<=")
@@ -86,4 +87,5 @@ class RolloutSpec:
 @dataclass(frozen=True, slots=True)
 class EngineSpec:
     rollouts: tuple[RolloutSpec, ...] = ()
+    breakers: tuple[BreakerSpec, ...] = ()
     bucket: float = 1.0  # bucket resolution in seconds; every window is a whole number of buckets

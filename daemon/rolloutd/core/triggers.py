@@ -36,10 +36,27 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
 _QUANTILES = {"latency_p50": 0.5, "latency_p90": 0.9, "latency_p95": 0.95, "latency_p99": 0.99}
 
 
+class BreakerView:
+    """What a `breaker:<name>` trigger reads: 1.0 while the breaker is open (or forced
+    open), else 0.0. A breaker always has a state, so such a trigger never lacks data."""
+
+    __slots__ = ("breaker", "samples", "span")
+
+    def __init__(self, breaker: Any) -> None:
+        self.breaker = breaker
+        self.samples = 1
+        self.span = 1
+
+    def value(self) -> float:
+        return 1.0 if self.breaker.state in ("open", "forced_open") else 0.0
+
+
 def _value_reader(spec: TriggerSpec, window_seconds: float) -> Callable[[Any], float | None]:
     """The function that computes the trigger's metric from one view."""
     metric = spec.metric
     kind = spec.metric_kind
+    if kind == "breaker":
+        return lambda view: view.value()
     if kind == "counter":
         return lambda view: view.total
     if kind == "gauge":
@@ -86,7 +103,7 @@ class TriggerRuntime:
     def __init__(
         self,
         spec: TriggerSpec,
-        view: RequestView | SampleView,
+        view: RequestView | SampleView | BreakerView,
         base_view: RequestView | SampleView | None,
         sample_series: SampleSeries | None,
         bucket_seconds: float,
