@@ -755,6 +755,22 @@ async def test_unconfirmed_rows_are_delivered_again_after_a_crash(
 
 
 @fast_forward
+async def test_notify_sends_without_a_row_when_the_store_cannot_hold_one(
+    receiver: Receiver,
+) -> None:
+    team = notifier("slack", receiver, rollouts=["checkout-v2"])
+    alerts = [notifier("pagerduty", receiver), team]
+    outbox = Outbox()
+    dispatcher = AlertDispatcher(alerts, outbox.confirm)
+    dispatcher.notify(daemon_alert("store-error", "firing", "state file unwritable", T0))
+    assert await dispatcher.flush(5.0)  # say, on the way out after a StoreError
+    (page,) = receiver.requests  # the rollout-scoped Slack notifier does not get it
+    assert page.body["dedup_key"] == "rolloutd/store-error"
+    assert outbox.confirmed == []
+    assert dispatcher.sent == {("pagerduty", "ok"): 1}
+
+
+@fast_forward
 async def test_adding_the_same_rows_twice_sends_them_once(receiver: Receiver) -> None:
     alerts = [notifier("webhook", receiver)]
     outbox = Outbox()

@@ -15,6 +15,7 @@ Rules:
 * Repeats come from an in-memory set of firing keys rebuilt from what this process delivers;
   a restart forgets it (see lane.py).
 * A row already queued is not queued again when `add` sees it twice.
+* `notify` queues a record with no row (best effort) for what the store cannot hold.
 * HTTP goes through one aiohttp session per `run` (and one per `flush`); HTTP(S)_PROXY and
   NO_PROXY from the environment apply.
 * `add`, `run`, `flush` and `reconfigure` are called from the event loop. `flush` is for
@@ -37,7 +38,7 @@ from rolloutd.adapters.notify.alertmanager import AlertmanagerNotifier
 from rolloutd.adapters.notify.base import AlertConfig, Entry, Notifier
 from rolloutd.adapters.notify.lane import Lane, loop_time
 from rolloutd.adapters.notify.pagerduty import PagerDutyNotifier
-from rolloutd.adapters.notify.record import SINK_PREFIX, decode_record
+from rolloutd.adapters.notify.record import SINK_PREFIX, AlertRecord, decode_record, wants
 from rolloutd.adapters.notify.slack import SlackNotifier
 from rolloutd.adapters.notify.webhook import WebhookNotifier
 from rolloutd.adapters.store import OutboxItem
@@ -118,6 +119,15 @@ class AlertDispatcher:
             self._queued.add(item.id)
             lane.arrive(Entry(item.id, record), now)
 
+    def notify(self, record: AlertRecord) -> None:
+        """Queue `record` for every notifier that wants it, WITHOUT an outbox row: best effort,
+        lost if the process dies first. Only for what the store cannot hold (the store is
+        failing, the process is about to exit); everything else goes through `route`."""
+        now = loop_time()
+        for lane in self._lanes.values():
+            if wants(lane.notifier.config, record):
+                lane.arrive(Entry(None, record), now)
+
     def _give_up(self, row: int, name: str, why: str) -> None:
         log.error("alert row %d for %s cannot be sent: %s; dropped", row, name, why)
         self._confirm([row])
@@ -143,7 +153,7 @@ class AlertDispatcher:
 
     async def flush(self, grace: float) -> bool:
         """Deliver what is queued within `grace` seconds, groups without waiting; True if all
-        went out. What does not stays unconfirmed in the outbox for the next start."""
+        went out. Rows that did not stay unconfirmed in the outbox for the next start."""
         lanes = [lane for lane in self._lanes.values() if lane.pending()]
         if lanes:
             try:
@@ -153,10 +163,11 @@ class AlertDispatcher:
                         tasks.create_task(lane.drain(session))
             except TimeoutError:
                 pass
-        left = sum(entry.id is not None for lane in lanes for entry in lane.pending())
+        left = [entry for lane in lanes for entry in lane.pending()]
         if left:
-            log.warning("%d alert(s) stay in the outbox for the next start", left)
-        return left == 0
+            rows = sum(entry.id is not None for entry in left)
+            log.warning("%d alert(s) not delivered; %d stay in the outbox", len(left), rows)
+        return not left
 
     def reconfigure(self, alerts_config: Sequence[Alert]) -> None:
         """Swap in a reloaded `alerts:` section. Kept notifiers keep their queues and firing
