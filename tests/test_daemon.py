@@ -29,7 +29,13 @@ DEADLINE = 30.0
 pytestmark = pytest.mark.timeout(120)
 
 
-def config_text(kafka: str, state: Path, rollout: str, mqtt: str | None = None) -> str:
+def config_text(
+    kafka: str,
+    state: Path,
+    rollout: str,
+    mqtt: str | None = None,
+    http: str = '{listen: "127.0.0.1:0"}',  # any free port: daemons never collide on 9108
+) -> str:
     mqtt_part = (
         f'  mqtt: {{url: "{mqtt}", topics: ["telemetry/+/events"], client_id: rolloutd-test}}\n'
         if mqtt
@@ -44,6 +50,7 @@ def config_text(kafka: str, state: Path, rollout: str, mqtt: str | None = None) 
         + mqtt_part
         + sinks
         + f'state: {{path: "{state}"}}\n'
+        + f"http: {http}\n"
     )
 
 

@@ -94,8 +94,8 @@ def test_a_hostile_event_cannot_leak_the_token_through_the_daemon_log(
     from test_daemon import GUARDED, TOPICS, Daemon, Kafka, config_text
 
     tansu.create_topics(TOPICS)
-    config = config_text(tansu.bootstrap, tmp_path / "s.db", GUARDED)
-    config += f'http: {{listen: "127.0.0.1:0", token: "{SECRET}"}}\n'
+    http = f'{{listen: "127.0.0.1:0", token: "{SECRET}"}}'
+    config = config_text(tansu.bootstrap, tmp_path / "s.db", GUARDED, http=http)
     daemon = Daemon(tmp_path, config)
     daemon.start("--log-format", "json")
     try:

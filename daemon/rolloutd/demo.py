@@ -82,6 +82,7 @@ class Demo:
         self.keep_running = keep_running
         self.workdir = Path(tempfile.mkdtemp(prefix="rolloutd-demo-"))
         self.port = _free_port()
+        self.http_port = _free_port()
         self.procs: list[subprocess.Popen[bytes]] = []
         self.view = View()
         self.rng = random.Random(42)
@@ -143,6 +144,7 @@ class Demo:
         env = {
             "ROLLOUTD_DEMO_KAFKA": self.bootstrap,
             "ROLLOUTD_DEMO_STATE": str(self.workdir / "state.db"),
+            "ROLLOUTD_DEMO_HTTP": f"127.0.0.1:{self.http_port}",
         }
         self._spawn(
             [sys.executable, "-m", "rolloutd.cli", "run", "--config", str(self.config), "--fresh"],
@@ -209,6 +211,8 @@ class Demo:
         bar = "#" * int(view.percent / 2)
         lines = [
             f"rolloutd live demo   broker {self.bootstrap}   logs {self.workdir}",
+            f"  admin API and metrics: http://127.0.0.1:{self.http_port}/api/v1/rollouts"
+            f"  /metrics   (rolloutd status --url http://127.0.0.1:{self.http_port})",
             "",
             f"  {ROLLOUT}  flag {FLAG}  revision {view.revision}",
             f"  percent [{bar:<50}] {view.percent:g}%",

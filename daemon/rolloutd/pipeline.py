@@ -16,18 +16,22 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 import structlog
 
+from rolloutd.adapters.notify import AlertRecord, route, trigger_alert
 from rolloutd.adapters.store import Batch, OutboxItem, Store
+from rolloutd.config import Alert
 from rolloutd.core.decisions import (
+    AlertDecision,
     BreakerDecision,
     ConfigDecision,
     Decision,
     PercentDecision,
+    TriggerDecision,
     encode,
     to_dict,
     whole,
@@ -91,8 +95,10 @@ class Pipeline:
         store: Store,
         sinks: Sinks,
         latency: Callable[[float], None] | None = None,
+        alerts: Sequence[Alert] = (),
     ) -> None:
         self.spec = spec
+        self.alerts = alerts  # notifiers: every alert decision becomes outbox rows for them
         self.store = store
         self.sinks = sinks
         self.latency = latency  # observes event time -> decision, in seconds
@@ -220,6 +226,8 @@ class Pipeline:
 
     def _decided(self, decisions: list[Decision]) -> None:
         moved: dict[str, float] = {}
+        measured: dict[tuple[str, str, float], TriggerDecision] = {}
+        alerts: list[AlertDecision] = []
         for decision in decisions:
             self.stats.decisions[decision.kind] += 1
             if isinstance(decision, BreakerDecision):
@@ -238,8 +246,29 @@ class Pipeline:
                 self._outbox.append((topic, decision.rollout.encode(), payload, False))
             if decision.kind in ("percent", "phase"):
                 moved[decision.rollout] = decision.ts
+            elif isinstance(decision, TriggerDecision):
+                measured[(decision.rollout, decision.trigger, decision.ts)] = decision
+            elif isinstance(decision, AlertDecision):
+                alerts.append(decision)
         for name, ts in moved.items():
             self._flag_message(name, ts)
+        for alert in alerts:
+            self._alert(alert, measured.get((alert.rollout, alert.trigger, alert.ts)))
+
+    def _alert(self, alert: AlertDecision, measured: TriggerDecision | None) -> None:
+        if not self.alerts:
+            return
+        rollout = self.engine.rollout(alert.rollout)
+        spec = next((t.spec for t in rollout.triggers if t.spec.name == alert.trigger), None)
+        record = trigger_alert(
+            alert, spec=spec, measured=measured, percent=rollout.percent, phase=rollout.phase
+        )
+        self._outbox.extend(route(self.alerts, record))
+
+    def daemon_alert(self, record: AlertRecord) -> list[OutboxItem]:
+        """An alert about the daemon itself (a rejected reload, say), through the outbox."""
+        self._outbox.extend(route(self.alerts, record))
+        return self._commit({})
 
     def _breaker_message(self, decision: BreakerDecision) -> None:
         """Audit it, and publish the breaker's state for the services to obey."""

@@ -35,6 +35,7 @@ from rolloutd.adapters.http import AdminContext, build_app
 from rolloutd.adapters.kafka import KafkaConsumerLoop, KafkaPublisher, Record
 from rolloutd.adapters.metrics import DaemonState, build_registry
 from rolloutd.adapters.mqtt import MqttLink, MqttUnavailable
+from rolloutd.adapters.notify import AlertDispatcher, daemon_alert
 from rolloutd.adapters.store import OutboxItem, Store
 from rolloutd.adapters.systemd import SystemdNotifier
 from rolloutd.config import Config, ConfigError, load_config
@@ -82,8 +83,9 @@ class Publisher:
         self.published = 0
 
     def add(self, items: list[OutboxItem]) -> None:
-        if items:
-            self.pending.extend(items)
+        mine = [i for i in items if not i.sink.startswith("alert:")]  # alerts: the dispatcher
+        if mine:
+            self.pending.extend(mine)
             self.wake.set()
 
     async def run(self) -> None:
@@ -147,6 +149,19 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
+class _Fanout:
+    """New outbox items go to whoever delivers them: brokers, or notifiers."""
+
+    def __init__(self, publisher: Publisher, alerts: AlertDispatcher) -> None:
+        self.publisher = publisher
+        self.alerts = alerts
+
+    def add(self, items: list[OutboxItem]) -> None:
+        if items:
+            self.publisher.add(items)
+            self.alerts.add(items)
+
+
 def sinks_of(config: Config) -> Sinks:
     kafka, mqtt = config.sinks.kafka, config.sinks.mqtt
     return Sinks(
@@ -184,7 +199,11 @@ class Service:
         self.store = Store.open(config.state.path, fresh=fresh)
         self.state = DaemonState(ready=lambda: self.health.ready)
         self.registry, latency = build_registry(lambda: self.pipeline, self.state)
-        self.pipeline = Pipeline(config.to_spec(), self.store, sinks_of(config), latency.observe)
+        self.pipeline = Pipeline(
+            config.to_spec(), self.store, sinks_of(config), latency.observe, config.alerts
+        )
+        self.alerts = AlertDispatcher(config.alerts, self.pipeline.confirm)
+        self.state.alerts_sent = self.alerts.sent
         self.bucket = config.engine.bucket
         kafka_source = config.sources.kafka
         self.kafka_out = None
@@ -197,6 +216,7 @@ class Service:
         if self.kafka_in is not None:
             self.state.consumer_lag = self.kafka_in.lag
         self.publisher = Publisher(self.pipeline, self.kafka_out, self.mqtt)
+        self.outbox = _Fanout(self.publisher, self.alerts)
         self.state.outbox_pending = lambda: len(self.publisher.pending)
         self.state.breakers = lambda: {n: b.state for n, b in self.pipeline.engine.breakers.items()}
         self.stopping = asyncio.Event()
@@ -212,11 +232,11 @@ class Service:
         return update
 
     def _on_mqtt(self, topic: str, payload: bytes) -> None:
-        self.publisher.add(self.pipeline.ingest("mqtt", [payload], self.clock()))
+        self.outbox.add(self.pipeline.ingest("mqtt", [payload], self.clock()))
 
     async def _on_kafka(self, records: list[Record], offsets: dict[tuple[str, int], int]) -> None:
         items = self.pipeline.ingest("kafka", [r.value for r in records], self.clock(), offsets)
-        self.publisher.add(items)
+        self.outbox.add(items)
 
     async def _ticker(self) -> None:
         bucket = self.bucket
@@ -224,7 +244,7 @@ class Service:
             now = self.clock()
             boundary = (now // bucket + 1) * bucket
             await asyncio.sleep(max(0.0, boundary - now))
-            self.publisher.add(self.pipeline.tick(self.clock()))
+            self.outbox.add(self.pipeline.tick(self.clock()))
 
     async def _signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -278,14 +298,40 @@ class Service:
             errors = exc.errors if isinstance(exc, ConfigError) else [str(exc)]
             log.error("config reload rejected, the running config stays: %s", "; ".join(errors))
             self.state.reload_success = False
+            self.outbox.add(
+                self.pipeline.daemon_alert(
+                    daemon_alert(
+                        "config-reload",
+                        "firing",
+                        f"config reload rejected: {len(errors)} errors",
+                        self.clock(),
+                        severity="warning",
+                        details={"errors": "; ".join(errors)[:500]},
+                    )
+                )
+            )
             self.systemd.ready("config reload rejected")
             return False
         logs.set_secrets([*logs.secrets_of(self.config), *logs.secrets_of(config)])
         for section in ("sources", "sinks", "state", "http"):
             if getattr(config, section) != getattr(self.config, section):
                 log.warning("config reload: %s changed; that takes effect after a restart", section)
-        self.publisher.add(items)
+        self.outbox.add(items)
+        if not self.state.reload_success:
+            self.outbox.add(
+                self.pipeline.daemon_alert(
+                    daemon_alert(
+                        "config-reload",
+                        "resolved",
+                        "config reloaded",
+                        self.clock(),
+                        severity="warning",
+                    )
+                )
+            )
         self.state.reload_success = True
+        self.pipeline.alerts = config.alerts
+        self.alerts.reconfigure(config.alerts)
         log.info("config reloaded: %d rollouts", len(config.rollouts))
         self.systemd.ready(f"{len(config.rollouts)} rollouts")
         return True
@@ -320,7 +366,7 @@ class Service:
 
         def opened() -> None:
             log.info("advance window of %s is open (%s)", name, window.expression)
-            self.publisher.add(self.pipeline.tick(self.clock()))
+            self.outbox.add(self.pipeline.tick(self.clock()))
             self._schedule_opening(scheduler, name)
 
         at = datetime.fromtimestamp(opening, tz=UTC)
@@ -357,12 +403,12 @@ class Service:
         decisions, items = self.pipeline.command(
             rollout, command, self.clock(), actor=actor, percent=percent, full=full
         )
-        self.publisher.add(items)
+        self.outbox.add(items)
         return decisions
 
     async def _breaker_command(self, name: str, command: str) -> list[Decision]:
         decisions, items = self.pipeline.breaker_command(name, command, self.clock())
-        self.publisher.add(items)
+        self.outbox.add(items)
         return decisions
 
     def _readiness(self) -> dict[str, bool]:
@@ -373,8 +419,8 @@ class Service:
 
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self) -> int:
-        self.publisher.add(self.pipeline.unpublished)  # what a previous run did not send
-        self.publisher.add(self.pipeline.start(self.clock()))
+        self.outbox.add(self.pipeline.unpublished)  # what a previous run did not send
+        self.outbox.add(self.pipeline.start(self.clock()))
         self.health.started = True
         scheduler = self._scheduler()
         scheduler.start()
@@ -384,6 +430,7 @@ class Service:
                 jobs = {
                     "signals": self._signals(),
                     "publisher": self.publisher.run(),
+                    "alerts": self.alerts.run(),
                     "ticker": self._ticker(),
                     "http": self._http(),
                     "lifecycle": self._lifecycle(),
@@ -419,6 +466,7 @@ class Service:
     async def _shutdown(self) -> None:
         log.info("processed %s", self.pipeline.summary())
         flushed = await self.publisher.flush(self.grace)
+        await self.alerts.flush(self.grace)
         if not flushed:
             left = len(self.publisher.pending)
             log.warning("%d messages stay in the outbox for the next start", left)
