@@ -32,7 +32,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from rolloutd import logs
 from rolloutd.adapters.backoff import Backoff
 from rolloutd.adapters.http import AdminContext, build_app
-from rolloutd.adapters.kafka import KafkaConsumerLoop, KafkaPublisher, Record
+from rolloutd.adapters.kafka import KafkaConsumerLoop, KafkaPublisher
 from rolloutd.adapters.metrics import DaemonState, build_registry
 from rolloutd.adapters.mqtt import MqttLink, MqttUnavailable
 from rolloutd.adapters.notify import AlertDispatcher, daemon_alert
@@ -234,8 +234,10 @@ class Service:
     def _on_mqtt(self, topic: str, payload: bytes) -> None:
         self.outbox.add(self.pipeline.ingest("mqtt", [payload], self.clock()))
 
-    async def _on_kafka(self, records: list[Record], offsets: dict[tuple[str, int], int]) -> None:
-        items = self.pipeline.ingest("kafka", [r.value for r in records], self.clock(), offsets)
+    async def _on_kafka(
+        self, values: list[bytes | None], offsets: dict[tuple[str, int], int]
+    ) -> None:
+        items = self.pipeline.ingest("kafka", values, self.clock(), offsets)
         self.outbox.add(items)
 
     async def _ticker(self) -> None:

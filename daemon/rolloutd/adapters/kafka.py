@@ -13,7 +13,6 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -28,16 +27,8 @@ FETCH_WAIT_MS = 20  # a fetch returns at once when data arrives; this caps an id
 MAX_RECORDS = 5000
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    value: bytes | None
-
-
-# (records, next offsets per partition) -> None, once the batch is persisted
-BatchHandler = Callable[[list[Record], dict[tuple[str, int], int]], Awaitable[None]]
+# (message values, next offset per partition) -> None, once the batch is persisted
+BatchHandler = Callable[[list[bytes | None], dict[tuple[str, int], int]], Awaitable[None]]
 
 
 def client_options(source: KafkaSource) -> dict[str, Any]:
@@ -132,13 +123,12 @@ class KafkaConsumerLoop:
             fetched = await consumer.getmany(timeout_ms=200, max_records=MAX_RECORDS)
             if not fetched:
                 continue
-            records: list[Record] = []
+            values: list[bytes | None] = []
             positions: dict[tuple[str, int], int] = {}
             for tp, messages in fetched.items():
-                for message in messages:
-                    records.append(Record(tp.topic, tp.partition, message.offset, message.value))
+                values.extend([message.value for message in messages])
                 positions[(tp.topic, tp.partition)] = messages[-1].offset + 1
-            await self.handle(records, positions)
+            await self.handle(values, positions)
             self.offsets.update(positions)
             for tp in fetched:
                 end = consumer.highwater(tp)
