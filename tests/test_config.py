@@ -1039,3 +1039,37 @@ def test_a_trigger_without_a_window_is_an_error_unless_it_reads_a_breaker() -> N
     with pytest.raises(ConfigError) as caught:
         parse_config(text)
     assert any("window: required" in error for error in caught.value.errors)
+
+
+MIGRATION = """
+rollouts: [{name: a, flag: f, steps: [{percent: 100}]}]
+sources: {kafka: {bootstrap_servers: "k:9092"}}
+migrations:
+  - name: m
+    rollout: a
+    source: {topic: s, table: public.orders}
+    target: {topic: t, table: public.orders_v2}
+    key: [id]
+    columns: {id: id, email: lower(email)}
+"""
+
+
+def test_a_migration_becomes_a_checker_wired_to_its_rollout() -> None:
+    (wiring,) = [m.wiring() for m in parse_config(MIGRATION).migrations]
+    assert (wiring.rollout, wiring.source_topic, wiring.target_topic) == ("a", "s", "t")
+    assert wiring.spec.columns == (("id", "id", "identity"), ("email", "email", "lower"))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("rollout: a", "rollout: b"), "migrations[0].rollout: unknown rollout 'b'"),
+        (("lower(email)", "upper(email)"), "migrations[0].columns.email"),
+        (("table: public.orders_v2", "table: public.orders"), "must name different tables"),
+        (('sources: {kafka: {bootstrap_servers: "k:9092"}}', ""), "sources.kafka is required"),
+    ],
+)
+def test_migration_errors_name_the_path(change: tuple[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(MIGRATION.replace(*change))
+    assert any(message in error for error in caught.value.errors), caught.value.errors

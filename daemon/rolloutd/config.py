@@ -34,8 +34,10 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from rolloutd.cdc import MigrationWiring
 from rolloutd.core import spec
 from rolloutd.core.breaker import BreakerSpec
+from rolloutd.core.migration import MigrationSpec
 from rolloutd.core.schedule import CronWindow, parse_cron
 from rolloutd.durations import Duration, PositiveDuration, format_duration
 
@@ -59,15 +61,20 @@ def _schema(pattern: str) -> WithJsonSchema:
 NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 # Names end up in URLs, metric labels and MQTT topics, hence the small alphabet.
 Name = Annotated[
-    str, _matching(NAME, "not a valid name: {value!r} (letters, digits, '.', '_', '-')"),
+    str,
+    _matching(NAME, "not a valid name: {value!r} (letters, digits, '.', '_', '-')"),
     _schema(NAME),
 ]
 Text = Annotated[str, Field(min_length=1)]
 METRIC = "|".join(spec.REQUEST_METRICS) + r"|(gauge|counter|breaker):\S+"
 Metric = Annotated[
-    str, _matching(METRIC, "not a metric: {value!r} (expected error_rate, availability, "
-                   "request_rate, latency_p50/90/95/99, gauge:<name>, counter:<name> "
-                   "or breaker:<name>)"),
+    str,
+    _matching(
+        METRIC,
+        "not a metric: {value!r} (expected error_rate, availability, "
+        "request_rate, latency_p50/90/95/99, gauge:<name>, counter:<name> "
+        "or breaker:<name>)",
+    ),
     _schema(METRIC),
 ]
 # URLs may carry credentials, so their messages never repeat the value.
@@ -75,7 +82,8 @@ HTTP_URL = r"https?://\S+"
 HttpUrl = Annotated[str, _matching(HTTP_URL, "not an http(s) URL"), _schema(HTTP_URL)]
 MQTT_URL = r"mqtts?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?/?"
 MqttUrl = Annotated[
-    str, _matching(MQTT_URL, "not an mqtt(s)://host[:port] URL (no credentials)"),
+    str,
+    _matching(MQTT_URL, "not an mqtt(s)://host[:port] URL (no credentials)"),
     _schema(MQTT_URL),
 ]
 LISTEN = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}"
@@ -187,8 +195,10 @@ class Trigger(_Model):
             if self.threshold is None and self.baseline is None:
                 raise _invalid("", f"op {self.op!r} needs a threshold, a baseline or both")
         elif self.metric in spec.REQUEST_METRICS:
-            raise _invalid("op", f"{self.op!r} applies only to gauge: and counter: metrics, "
-                           f"not {self.metric!r}")
+            raise _invalid(
+                "op",
+                f"{self.op!r} applies only to gauge: and counter: metrics, not {self.metric!r}",
+            )
         else:
             for key in ("threshold", "baseline"):
                 if getattr(self, key) is not None:
@@ -201,10 +211,17 @@ class Trigger(_Model):
         relative = self.baseline
         baseline = None if relative is None else spec.Baseline(relative.cohort, relative.factor)
         return spec.TriggerSpec(
-            name=name, metric=self.metric, op=self.op, window=self.window or 1.0,
+            name=name,
+            metric=self.metric,
+            op=self.op,
+            window=self.window or 1.0,
             cohort=self.cohort,
-            threshold=self.threshold, baseline=baseline, for_=self.for_,
-            min_samples=self.min_samples, action=self.action, severity=self.severity,
+            threshold=self.threshold,
+            baseline=baseline,
+            for_=self.for_,
+            min_samples=self.min_samples,
+            action=self.action,
+            severity=self.severity,
             after_completion=self.after_completion,
         )
 
@@ -223,8 +240,11 @@ def _trigger_ref_kind(value: object) -> str | None:
 
 TriggerRef = Annotated[
     Annotated[str, Tag("name")] | Annotated[InlineTrigger, Tag("inline")],
-    Discriminator(_trigger_ref_kind, custom_error_type="trigger_ref",
-                  custom_error_message="expected a trigger name or an inline trigger mapping"),
+    Discriminator(
+        _trigger_ref_kind,
+        custom_error_type="trigger_ref",
+        custom_error_message="expected a trigger name or an inline trigger mapping",
+    ),
 ]
 
 
@@ -268,8 +288,10 @@ class Rollout(_Model):
     def _check_steps(self) -> Self:
         for index, (before, step) in enumerate(pairwise(self.steps), start=1):
             if step.percent <= before.percent:
-                raise _invalid(f"steps[{index}].percent", "percents must increase: "
-                               f"{step.percent:g} after {before.percent:g}")
+                raise _invalid(
+                    f"steps[{index}].percent",
+                    f"percents must increase: {step.percent:g} after {before.percent:g}",
+                )
         for index, step in enumerate(self.steps[:-1]):
             if step.hold is None:
                 raise _invalid(f"steps[{index}].hold", "required on every step but the last")
@@ -459,6 +481,61 @@ class Breaker(_Model):
         return BreakerSpec(**self.model_dump())
 
 
+COLUMN = re.compile(r"^\s*(?:(identity|lower|trim|string|int)\(\s*([^()\s]+)\s*\)|([^()\s]+))\s*$")
+
+
+class MigrationSide(_Model):
+    topic: Text  # the Debezium topic of the table
+    table: Text  # "schema.table" or "db.schema.table", as in the events' `source`
+
+
+class Migration(_Model):
+    """A schema or data migration watched through CDC; its measurements feed a rollout."""
+
+    name: Name
+    rollout: (
+        Name  # whose triggers read counter:data_validation_failures, gauge:migration_progress...
+    )
+    cohort: Text = "canary"
+    source: MigrationSide
+    target: MigrationSide
+    key: tuple[Text, ...] = Field(min_length=1)  # key columns on the source
+    # target column -> "source_column" or "transform(source_column)", transform one of
+    # identity, lower, trim, string, int
+    columns: dict[Text, Text] = Field(default_factory=dict)
+    grace: PositiveDuration = 30.0
+    max_pending: int = Field(100_000, ge=1)
+
+    @model_validator(mode="after")
+    def _check_columns(self) -> Self:
+        for target, expression in self.columns.items():
+            if COLUMN.match(expression) is None:
+                raise _invalid(
+                    f"columns.{target}", f"not a column or transform(column): {expression!r}"
+                )
+        return self
+
+    def wiring(self) -> MigrationWiring:
+        columns = []
+        for target, expression in self.columns.items():
+            found = COLUMN.match(expression)
+            assert found is not None
+            transform, inner, plain = found.groups()
+            columns.append((target, inner or plain, transform or "identity"))
+        spec = MigrationSpec(
+            name=self.name,
+            source_table=self.source.table,
+            target_table=self.target.table,
+            key_columns=self.key,
+            columns=tuple(columns),
+            grace=self.grace,
+            max_pending=self.max_pending,
+        )
+        return MigrationWiring(
+            spec, self.source.topic, self.target.topic, self.rollout, self.cohort
+        )
+
+
 class Config(_Model):
     """The whole file. Build it with `load_config` or `parse_config`.
 
@@ -474,13 +551,17 @@ class Config(_Model):
     http: Http = Http()
     alerts: tuple[Alert, ...] = ()
     breakers: tuple[Breaker, ...] = ()
+    migrations: tuple[Migration, ...] = ()
 
     @model_validator(mode="after")
     def _check_references(self) -> Self:
         # Raised past pydantic on purpose: these errors already carry exact paths.
         errors = [
-            *self._rollout_errors(), *self._window_errors(), *self._service_errors(),
+            *self._rollout_errors(),
+            *self._window_errors(),
+            *self._service_errors(),
             *self._breaker_errors(),
+            *self._migration_errors(),
         ]
         if errors:
             raise ConfigError(errors)
@@ -492,16 +573,20 @@ class Config(_Model):
         for index, rollout in enumerate(self.rollouts):
             at = f"rollouts[{index}]"
             if rollout.name in first_at:
-                yield (f"{at}.name: duplicate rollout name {rollout.name!r} "
-                       f"(also rollouts[{first_at[rollout.name]}])")
+                yield (
+                    f"{at}.name: duplicate rollout name {rollout.name!r} "
+                    f"(also rollouts[{first_at[rollout.name]}])"
+                )
             first_at.setdefault(rollout.name, index)
             owner = flag_owner.setdefault(rollout.flag, rollout.name)
             if owner != rollout.name:
                 yield f"{at}.flag: flag {rollout.flag!r} is already driven by rollout {owner!r}"
             for position, ref in enumerate(rollout.triggers):
                 if isinstance(ref, str) and ref not in self.triggers:
-                    yield (f"{at}.triggers[{position}]: unknown trigger {ref!r}"
-                           f"{_suggest(ref, self.triggers)}")
+                    yield (
+                        f"{at}.triggers[{position}]: unknown trigger {ref!r}"
+                        f"{_suggest(ref, self.triggers)}"
+                    )
 
     def _inline_and_named_triggers(self) -> Iterator[tuple[str, Trigger]]:
         for name, trigger in self.triggers.items():
@@ -519,8 +604,10 @@ class Config(_Model):
             count = trigger.window / bucket
             # Tolerance, because 1.5s over 250ms buckets is 6 even if the division wobbles.
             if round(count) < 1 or abs(count - round(count)) > 1e-6:
-                yield (f"{at}.window: {format_duration(trigger.window)} is not a whole number of "
-                       f"{format_duration(bucket)} buckets (engine.bucket)")
+                yield (
+                    f"{at}.window: {format_duration(trigger.window)} is not a whole number of "
+                    f"{format_duration(bucket)} buckets (engine.bucket)"
+                )
 
     def _service_errors(self) -> Iterator[str]:
         seen: set[str] = set()
@@ -536,12 +623,34 @@ class Config(_Model):
             if getattr(self.sinks, kind) is not None and getattr(self.sources, kind) is None:
                 yield f"sinks.{kind}: needs sources.{kind} (the {kind} connection is shared)"
 
+    def _migration_errors(self) -> Iterator[str]:
+        rollouts = {r.name for r in self.rollouts}
+        seen: set[str] = set()
+        for index, migration in enumerate(self.migrations):
+            at = f"migrations[{index}]"
+            if migration.name in seen:
+                yield f"{at}.name: duplicate migration {migration.name!r}"
+            seen.add(migration.name)
+            if migration.rollout not in rollouts:
+                yield (
+                    f"{at}.rollout: unknown rollout {migration.rollout!r}"
+                    f"{_suggest(migration.rollout, rollouts)}"
+                )
+            try:
+                migration.wiring()
+            except ValueError as exc:
+                yield f"{at}: {exc}"
+        if self.migrations and self.sources.kafka is None:
+            yield "migrations: CDC topics are read from Kafka: sources.kafka is required"
+
     def _breaker_errors(self) -> Iterator[str]:
         names: dict[str, int] = {}
         for index, breaker in enumerate(self.breakers):
             if breaker.name in names:
-                yield (f"breakers[{index}].name: duplicate breaker {breaker.name!r} "
-                       f"(also breakers[{names[breaker.name]}])")
+                yield (
+                    f"breakers[{index}].name: duplicate breaker {breaker.name!r} "
+                    f"(also breakers[{names[breaker.name]}])"
+                )
             names.setdefault(breaker.name, index)
         for at, trigger in self._inline_and_named_triggers():
             head, _, name = trigger.metric.partition(":")
@@ -601,8 +710,12 @@ class Config(_Model):
         ]
         token = "token set" if self.http.token else "no token: mutations refused"
         alerts = ", ".join(f"{alert.name} ({alert.type})" for alert in self.alerts)
-        return [*lines, f"state: {self.state.path}", f"http: {self.http.listen} ({token})",
-                f"alerts: {alerts or 'none'}"]
+        return [
+            *lines,
+            f"state: {self.state.path}",
+            f"http: {self.http.listen} ({token})",
+            f"alerts: {alerts or 'none'}",
+        ]
 
 
 def _describe_rollout(rollout: spec.RolloutSpec) -> list[str]:
@@ -739,8 +852,10 @@ def _expand(node: Any, env: Mapping[str, str], path: str, errors: list[str]) -> 
         variable = _VARIABLE.fullmatch(match.group(1) or "")
         if variable is None:
             # Never quote the text: it may be a secret that merely contains "${".
-            errors.append(f"{path}: bad ${{...}} reference (use ${{NAME}}, ${{NAME:-default}}, "
-                          "or $${ for a literal ${)")
+            errors.append(
+                f"{path}: bad ${{...}} reference (use ${{NAME}}, ${{NAME:-default}}, "
+                "or $${ for a literal ${)"
+            )
             return ""
         value = env.get(variable["name"])
         if not value and variable["default"] is not None:
@@ -757,8 +872,15 @@ def _join(path: str, key: object) -> str:
 
 
 _SECRET_KEYS = frozenset({"password", "token", "routing_key", "webhook_url", "headers"})
-_EXPECTED = {"string": "a string", "float": "a number", "int": "a whole number",
-             "bool": "true or false", "model": "a mapping", "dict": "a mapping", "tuple": "a list"}
+_EXPECTED = {
+    "string": "a string",
+    "float": "a number",
+    "int": "a whole number",
+    "bool": "true or false",
+    "model": "a mapping",
+    "dict": "a mapping",
+    "tuple": "a list",
+}
 _MESSAGES = {
     "missing": "required",
     "literal_error": "expected {expected}, got {got}",
@@ -770,8 +892,11 @@ _MESSAGES = {
     "finite_number": "must be a finite number",
     "union_tag_invalid": "unknown {discriminator} {tag!r}: expected {expected_tags}",
     "union_tag_not_found": "required key {discriminator} is missing",
-    **{f"{kind}_{how}": f"expected {what}, got {{got}}" for kind, what in _EXPECTED.items()
-       for how in ("type", "parsing", "from_float")},
+    **{
+        f"{kind}_{how}": f"expected {what}, got {{got}}"
+        for kind, what in _EXPECTED.items()
+        for how in ("type", "parsing", "from_float")
+    },
 }
 
 

@@ -24,6 +24,7 @@ import structlog
 
 from rolloutd.adapters.notify import AlertRecord, route, trigger_alert
 from rolloutd.adapters.store import Batch, OutboxItem, Store
+from rolloutd.cdc import CdcRouter
 from rolloutd.config import Alert
 from rolloutd.core.decisions import (
     AlertDecision,
@@ -82,6 +83,7 @@ class PipelineStats:
 
 
 RECENT = 50  # decisions kept per rollout for the admin API
+CDC_STATE = "\x00cdc"  # the migration checkers' state, stored beside the rollouts' parts
 
 
 def _config(now: float, rollout: str, change: str, reason: str) -> ConfigDecision:
@@ -96,8 +98,10 @@ class Pipeline:
         sinks: Sinks,
         latency: Callable[[float], None] | None = None,
         alerts: Sequence[Alert] = (),
+        cdc: CdcRouter | None = None,
     ) -> None:
         self.spec = spec
+        self.cdc = cdc  # migrations watched through CDC topics
         self.alerts = alerts  # notifiers: every alert decision becomes outbox rows for them
         self.store = store
         self.sinks = sinks
@@ -105,12 +109,16 @@ class Pipeline:
         self.stats = PipelineStats()
         self.recent: dict[str, deque[Decision]] = {}
         loaded = store.load()
-        self.engine = Engine.restore_parts(spec, loaded.engine, loaded.rollouts)
+        parts = {k: v for k, v in loaded.rollouts.items() if k != CDC_STATE}
+        self.engine = Engine.restore_parts(spec, loaded.engine, parts)
         self.revisions = dict(loaded.revisions)
         self.offsets = dict(loaded.offsets)
         self.unpublished: list[OutboxItem] = list(loaded.outbox)
         self.restored = loaded.engine is not None
+        if cdc is not None and CDC_STATE in loaded.rollouts:
+            cdc.load(msgspec.json.decode(loaded.rollouts[CDC_STATE]))
         self._outbox: list[tuple[str, bytes | None, bytes, bool]] = []
+        self._cdc_changed = False
         self._revisions: dict[str, int] = {}
 
     # -- entry points -------------------------------------------------------------------
@@ -121,6 +129,40 @@ class Pipeline:
         self._decided(decisions)
         return self._commit({})
 
+    def ingest_topics(
+        self,
+        batch: Sequence[tuple[str, Sequence[bytes | None], Sequence[bytes | None]]],
+        now: float,
+        offsets: dict[tuple[str, int], int],
+    ) -> list[OutboxItem]:
+        """A Kafka batch: event topics and CDC topics, one commit for all of it."""
+        now = self._monotonic(now)
+        cdc = self.cdc
+        for topic, keys, values in batch:
+            if cdc is not None and topic in cdc.by_topic:
+                self._ingest_cdc(topic, keys, values, now)
+            else:
+                self._ingest_events("kafka", values, now)
+        return self._commit(offsets)
+
+    def _ingest_cdc(
+        self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes | None], now: float
+    ) -> None:
+        assert self.cdc is not None
+        before = sum(self.cdc.invalid.values())
+        for key, value in zip(keys, values, strict=True):
+            for event in self.cdc.handle(topic, key, value, now):
+                decisions = self.engine.handle(event, now)
+                if decisions:
+                    self._decided(decisions)
+        self.stats.events["cdc"] += len(values)
+        rejected = sum(self.cdc.invalid.values()) - before
+        if rejected:
+            self.stats.events["cdc"] -= rejected
+            for reason, n in self.cdc.invalid.items():
+                self.stats.invalid[("cdc", reason)] = n
+        self._cdc_changed = True
+
     def ingest(
         self,
         source: str,
@@ -129,6 +171,10 @@ class Pipeline:
         offsets: dict[tuple[str, int], int] | None = None,
     ) -> list[OutboxItem]:
         now = self._monotonic(now)
+        self._ingest_events(source, payloads, now)
+        return self._commit(offsets or {})
+
+    def _ingest_events(self, source: str, payloads: Iterable[bytes | None], now: float) -> None:
         stats = self.stats
         handle = self.engine.handle
         for payload in payloads:
@@ -148,7 +194,6 @@ class Pipeline:
                     if self.latency is not None:
                         self.latency(max(0.0, now - event.ts))
                     self._decided(decisions)
-        return self._commit(offsets or {})
 
     def command(
         self,
@@ -197,7 +242,12 @@ class Pipeline:
         return self._commit({}, rewrite_all=True, drop=removed)
 
     def tick(self, now: float) -> list[OutboxItem]:
-        decisions = self.engine.advance(self._monotonic(now))
+        now = self._monotonic(now)
+        decisions = self.engine.advance(now)
+        if self.cdc is not None:
+            for event in self.cdc.tick(now):
+                decisions += self.engine.handle(event, now)
+            self._cdc_changed = True
         if decisions:
             self._decided(decisions)
         return self._commit({})
@@ -320,9 +370,13 @@ class Pipeline:
         changed = engine.take_changed()
         if rewrite_all:
             changed = {r.spec.name for r in engine.rollouts}
+        parts = {name: engine.snapshot_rollout(name) for name in changed}
+        if self.cdc is not None and self._cdc_changed:
+            parts[CDC_STATE] = msgspec.json.encode(self.cdc.dump())
+            self._cdc_changed = False
         batch = Batch(
             engine=engine.snapshot_global(),
-            rollouts={name: engine.snapshot_rollout(name) for name in changed},
+            rollouts=parts,
             drop_rollouts=drop or set(),
             revisions=self._revisions,
             offsets=offsets,

@@ -32,12 +32,13 @@ from apscheduler.triggers.interval import IntervalTrigger
 from rolloutd import logs
 from rolloutd.adapters.backoff import Backoff
 from rolloutd.adapters.http import AdminContext, build_app
-from rolloutd.adapters.kafka import KafkaConsumerLoop, KafkaPublisher
+from rolloutd.adapters.kafka import Fetched, KafkaConsumerLoop, KafkaPublisher
 from rolloutd.adapters.metrics import DaemonState, build_registry
 from rolloutd.adapters.mqtt import MqttLink, MqttUnavailable
 from rolloutd.adapters.notify import AlertDispatcher, daemon_alert
 from rolloutd.adapters.store import OutboxItem, Store
 from rolloutd.adapters.systemd import SystemdNotifier
+from rolloutd.cdc import CdcRouter
 from rolloutd.config import Config, ConfigError, load_config
 from rolloutd.core.decisions import Decision
 from rolloutd.core.events import CommandName
@@ -199,9 +200,12 @@ class Service:
         self.store = Store.open(config.state.path, fresh=fresh)
         self.state = DaemonState(ready=lambda: self.health.ready)
         self.registry, latency = build_registry(lambda: self.pipeline, self.state)
+        cdc = CdcRouter(tuple(m.wiring() for m in config.migrations)) if config.migrations else None
         self.pipeline = Pipeline(
-            config.to_spec(), self.store, sinks_of(config), latency.observe, config.alerts
+            config.to_spec(), self.store, sinks_of(config), latency.observe, config.alerts, cdc
         )
+        if cdc is not None:
+            self.state.migrations = cdc.metrics
         self.alerts = AlertDispatcher(config.alerts, self.pipeline.confirm)
         self.state.alerts_sent = self.alerts.sent
         self.bucket = config.engine.bucket
@@ -234,10 +238,8 @@ class Service:
     def _on_mqtt(self, topic: str, payload: bytes) -> None:
         self.outbox.add(self.pipeline.ingest("mqtt", [payload], self.clock()))
 
-    async def _on_kafka(
-        self, values: list[bytes | None], offsets: dict[tuple[str, int], int]
-    ) -> None:
-        items = self.pipeline.ingest("kafka", values, self.clock(), offsets)
+    async def _on_kafka(self, batch: Fetched, offsets: dict[tuple[str, int], int]) -> None:
+        items = self.pipeline.ingest_topics(batch, self.clock(), offsets)
         self.outbox.add(items)
 
     async def _ticker(self) -> None:
@@ -462,6 +464,8 @@ class Service:
         topics = list(source.topics.metrics)
         if source.topics.commands:
             topics.append(source.topics.commands)
+        if self.pipeline.cdc is not None:
+            topics += [t for t in self.pipeline.cdc.topics if t not in topics]
         offsets = dict(self.pipeline.offsets)
         return KafkaConsumerLoop(source, topics, offsets, self._on_kafka, self._state("kafka"))
 

@@ -27,8 +27,10 @@ FETCH_WAIT_MS = 20  # a fetch returns at once when data arrives; this caps an id
 MAX_RECORDS = 5000
 
 
-# (message values, next offset per partition) -> None, once the batch is persisted
-BatchHandler = Callable[[list[bytes | None], dict[tuple[str, int], int]], Awaitable[None]]
+# A fetched batch: per topic, the message keys and values (in offset order per partition).
+Fetched = list[tuple[str, list[bytes | None], list[bytes | None]]]
+# (batch, next offset per partition) -> None, once the batch is persisted
+BatchHandler = Callable[[Fetched, dict[tuple[str, int], int]], Awaitable[None]]
 
 
 def client_options(source: KafkaSource) -> dict[str, Any]:
@@ -123,12 +125,13 @@ class KafkaConsumerLoop:
             fetched = await consumer.getmany(timeout_ms=200, max_records=MAX_RECORDS)
             if not fetched:
                 continue
-            values: list[bytes | None] = []
+            batch: Fetched = []
             positions: dict[tuple[str, int], int] = {}
             for tp, messages in fetched.items():
-                values.extend([message.value for message in messages])
+                keys = [message.key for message in messages]
+                batch.append((tp.topic, keys, [message.value for message in messages]))
                 positions[(tp.topic, tp.partition)] = messages[-1].offset + 1
-            await self.handle(values, positions)
+            await self.handle(batch, positions)
             self.offsets.update(positions)
             for tp in fetched:
                 end = consumer.highwater(tp)
