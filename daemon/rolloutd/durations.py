@@ -60,7 +60,13 @@ def format_duration(seconds: float) -> str:
 Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
-    WithJsonSchema({"anyOf": [{"type": "string", "pattern": DURATION_PATTERN},
-                              {"type": "number", "minimum": 0}]}),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": DURATION_PATTERN},
+                {"type": "number", "minimum": 0},
+            ]
+        }
+    ),
 ]
 PositiveDuration = Annotated[Duration, Field(gt=0)]
