@@ -36,12 +36,13 @@ from rolloutd.adapters.kafka import Fetched, KafkaConsumerLoop, KafkaPublisher
 from rolloutd.adapters.metrics import DaemonState, build_registry
 from rolloutd.adapters.mqtt import MqttLink, MqttUnavailable
 from rolloutd.adapters.notify import AlertDispatcher, daemon_alert
-from rolloutd.adapters.store import OutboxItem, Store
+from rolloutd.adapters.store import OutboxItem, Store, StoreError
 from rolloutd.adapters.systemd import SystemdNotifier
 from rolloutd.cdc import CdcRouter
 from rolloutd.config import Config, ConfigError, load_config
 from rolloutd.core.decisions import Decision
 from rolloutd.core.events import CommandName
+from rolloutd.core.triggers import INSUFFICIENT
 from rolloutd.pipeline import Pipeline, Sinks
 
 log = logging.getLogger("rolloutd.service")
@@ -49,6 +50,9 @@ log = logging.getLogger("rolloutd.service")
 Clock = Callable[[], float]
 DEFAULT_GRACE = 10.0
 RELOAD_POLL = 2.0  # seconds between looks at the config file's modification time
+HEALTH_EVERY = 5.0  # seconds between checks for daemon-level alerts
+PUBLISH_ALERT_AFTER = 60.0  # publishing failing this long pages
+STALL_AFTER = 600.0  # a rollout this far past its hold (or one hold, if longer) is stalled
 CHUNK = 500
 COMPACT_EVERY = 300.0  # seconds between WAL checkpoints of the state store
 
@@ -82,6 +86,7 @@ class Publisher:
         self.wake = asyncio.Event()
         self.backoff = Backoff(first=0.05, cap=5.0)
         self.published = 0
+        self.failing_since: float | None = None  # monotonic time of the first failure in a row
 
     def add(self, items: list[OutboxItem]) -> None:
         mine = [i for i in items if not i.sink.startswith("alert:")]  # alerts: the dispatcher
@@ -95,8 +100,11 @@ class Publisher:
             self.wake.clear()
             while self.pending:
                 if not await self.send_some():
+                    if self.failing_since is None:
+                        self.failing_since = time.monotonic()
                     await asyncio.sleep(self.backoff.next())
                 else:
+                    self.failing_since = None
                     self.backoff.reset()
 
     async def send_some(self) -> bool:
@@ -262,6 +270,51 @@ class Service:
                 loop.remove_signal_handler(sig)
         self.systemd.stopping()
         raise _Stop
+
+    # -- alerts about the daemon itself ---------------------------------------------------
+    async def _health_alerts(self) -> None:
+        """Page on terminal paths that no trigger sees: publishing failing for a while, and
+        rollouts stalled well past their hold (the gate stays shut: no data, or a trigger)."""
+        raised: set[str] = set()
+        while True:
+            await asyncio.sleep(HEALTH_EVERY)
+            now = self.clock()
+            for what, problem in self._problems(now).items():
+                if (problem is not None) == (what in raised):
+                    continue
+                status = "firing" if problem is not None else "resolved"
+                summary = problem or f"{what}: recovered"
+                severity = "critical" if what == "publish-failed" else "warning"
+                record = daemon_alert(what, status, summary, now, severity=severity)
+                self.outbox.add(self.pipeline.daemon_alert(record))
+                (raised.add if problem is not None else raised.discard)(what)
+
+    def _problems(self, now: float) -> dict[str, str | None]:
+        problems: dict[str, str | None] = {"publish-failed": None}
+        since = self.publisher.failing_since
+        if since is not None and time.monotonic() - since > PUBLISH_ALERT_AFTER:
+            problems["publish-failed"] = (
+                f"publishing flag state has failed for {time.monotonic() - since:.0f}s; "
+                f"{len(self.publisher.pending)} messages wait in the outbox"
+            )
+        for rollout in self.pipeline.engine.rollouts:
+            key = f"stalled/{rollout.spec.name}"
+            problems[key] = None
+            if rollout.phase != "progressing":
+                continue
+            hold = rollout.spec.steps[rollout.step].hold
+            overdue = now - (rollout.step_started + hold)
+            if overdue > max(hold, STALL_AFTER):
+                blocking = [
+                    f"{t.spec.name} ({'no data' if t.outcome == INSUFFICIENT else t.state})"
+                    for t in rollout.triggers
+                    if t.blocks
+                ]
+                problems[key] = (
+                    f"{rollout.spec.name} has waited {overdue:.0f}s past its hold at "
+                    f"{rollout.percent:g}%; blocked by {', '.join(blocking) or 'its window'}"
+                )
+        return problems
 
     # -- systemd and reload -------------------------------------------------------------
     async def _lifecycle(self) -> None:
@@ -435,6 +488,7 @@ class Service:
                     "signals": self._signals(),
                     "publisher": self.publisher.run(),
                     "alerts": self.alerts.run(),
+                    "health-alerts": self._health_alerts(),
                     "ticker": self._ticker(),
                     "http": self._http(),
                     "lifecycle": self._lifecycle(),
@@ -452,6 +506,13 @@ class Service:
         except* Exception as failures:
             for exc in failures.exceptions:
                 log.error("task failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+                what = "store-error" if isinstance(exc, StoreError) else "task-failed"
+                # The store may be what failed: tell the notifiers directly, best effort.
+                self.alerts.notify(
+                    daemon_alert(
+                        what, "firing", f"exiting: {type(exc).__name__}: {exc}", self.clock()
+                    )
+                )
             code = 1
         finally:
             scheduler.shutdown(wait=False)
