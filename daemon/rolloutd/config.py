@@ -273,6 +273,9 @@ class Rollout(_Model):
     steps: tuple[Step, ...] = Field(min_length=1)
     bake: Duration = 0.0
     advance_window: AdvanceWindow | None = None
+    # When the flag table disagrees with what was decided: alert, revert (publish the
+    # decided state again) or adopt (take the table's value and pause).
+    drift: Literal["alert", "revert", "adopt"] = "alert"
     triggers: tuple[TriggerRef, ...] = ()
 
     @model_validator(mode="after")
@@ -484,6 +487,15 @@ class Breaker(_Model):
 COLUMN = re.compile(r"^\s*(?:(identity|lower|trim|string|int)\(\s*([^()\s]+)\s*\)|([^()\s]+))\s*$")
 
 
+class FlagTable(_Model):
+    """The table applications read flags from, seen through its Debezium topic."""
+
+    topic: Text
+    key_column: Text = "name"  # holds the flag name
+    percent_column: Text = "percent"
+    grace: PositiveDuration = 30.0  # a decided percent not in the table by then is drift
+
+
 class MigrationSide(_Model):
     topic: Text  # the Debezium topic of the table
     table: Text  # "schema.table" or "db.schema.table", as in the events' `source`
@@ -552,6 +564,7 @@ class Config(_Model):
     alerts: tuple[Alert, ...] = ()
     breakers: tuple[Breaker, ...] = ()
     migrations: tuple[Migration, ...] = ()
+    flag_table: FlagTable | None = None
 
     @model_validator(mode="after")
     def _check_references(self) -> Self:
@@ -640,8 +653,8 @@ class Config(_Model):
                 migration.wiring()
             except ValueError as exc:
                 yield f"{at}: {exc}"
-        if self.migrations and self.sources.kafka is None:
-            yield "migrations: CDC topics are read from Kafka: sources.kafka is required"
+        if (self.migrations or self.flag_table) and self.sources.kafka is None:
+            yield "migrations, flag_table: CDC topics are read from Kafka: sources.kafka is required"
 
     def _breaker_errors(self) -> Iterator[str]:
         names: dict[str, int] = {}

@@ -22,15 +22,17 @@ from dataclasses import dataclass, field
 import msgspec
 import structlog
 
-from rolloutd.adapters.notify import AlertRecord, route, trigger_alert
+from rolloutd.adapters.debezium import ChangeEvent, decode_change
+from rolloutd.adapters.notify import AlertRecord, daemon_alert, route, trigger_alert
 from rolloutd.adapters.store import Batch, OutboxItem, Store
 from rolloutd.cdc import CdcRouter
-from rolloutd.config import Alert
+from rolloutd.config import Alert, FlagTable
 from rolloutd.core.decisions import (
     AlertDecision,
     BreakerDecision,
     ConfigDecision,
     Decision,
+    FlagDecision,
     PercentDecision,
     TriggerDecision,
     encode,
@@ -39,6 +41,7 @@ from rolloutd.core.decisions import (
 )
 from rolloutd.core.engine import Engine
 from rolloutd.core.events import Command, CommandName, decode_many
+from rolloutd.core.flagwatch import CONFIRMED, FlagWatch, Observation
 from rolloutd.core.spec import EngineSpec
 
 log = logging.getLogger("rolloutd.pipeline")
@@ -79,11 +82,41 @@ class PipelineStats:
     invalid: Counter[tuple[str, str]] = field(default_factory=Counter)  # (source, reason)
     decisions: Counter[str] = field(default_factory=Counter)  # by kind
     rollbacks: Counter[tuple[str, str]] = field(default_factory=Counter)  # (rollout, trigger)
+    flag_drift: Counter[str] = field(default_factory=Counter)  # by rollout
+    flag_confirmed: int = 0
     batches: int = 0
 
 
 RECENT = 50  # decisions kept per rollout for the admin API
 CDC_STATE = "\x00cdc"  # the migration checkers' state, stored beside the rollouts' parts
+FLAGS_STATE = "\x00flags"  # the flag table watch's state, likewise
+
+
+def _whole(value: float | None) -> float | int | None:
+    return None if value is None else whole(value)
+
+
+@dataclass(slots=True)
+class FlagTableWatch:
+    """The flag table's topic and columns, the watch, and each rollout's drift policy."""
+
+    config: FlagTable
+    watch: FlagWatch
+    rollout_of: dict[str, str]  # flag -> rollout
+    policy: dict[str, str]  # rollout -> alert | revert | adopt
+
+    def row(self, topic: str, key: bytes | None, value: bytes | None) -> tuple[str, float] | None:
+        """(flag, percent) from one change of the table, or None if it carries none."""
+        change = decode_change(topic, key, value)
+        if not isinstance(change, ChangeEvent) or change.after is None:
+            return None
+        flag = change.after.get(self.config.key_column)
+        percent = change.after.get(self.config.percent_column)
+        if not isinstance(flag, str) or isinstance(percent, bool):
+            return None
+        if not isinstance(percent, int | float) or not 0 <= percent <= 100:
+            return None
+        return flag, float(percent)
 
 
 def _config(now: float, rollout: str, change: str, reason: str) -> ConfigDecision:
@@ -99,9 +132,11 @@ class Pipeline:
         latency: Callable[[float], None] | None = None,
         alerts: Sequence[Alert] = (),
         cdc: CdcRouter | None = None,
+        flags: FlagTableWatch | None = None,
     ) -> None:
         self.spec = spec
         self.cdc = cdc  # migrations watched through CDC topics
+        self.flags = flags  # the flag table, watched through its CDC topic
         self.alerts = alerts  # notifiers: every alert decision becomes outbox rows for them
         self.store = store
         self.sinks = sinks
@@ -109,7 +144,7 @@ class Pipeline:
         self.stats = PipelineStats()
         self.recent: dict[str, deque[Decision]] = {}
         loaded = store.load()
-        parts = {k: v for k, v in loaded.rollouts.items() if k != CDC_STATE}
+        parts = {k: v for k, v in loaded.rollouts.items() if k not in (CDC_STATE, FLAGS_STATE)}
         self.engine = Engine.restore_parts(spec, loaded.engine, parts)
         self.revisions = dict(loaded.revisions)
         self.offsets = dict(loaded.offsets)
@@ -117,8 +152,12 @@ class Pipeline:
         self.restored = loaded.engine is not None
         if cdc is not None and CDC_STATE in loaded.rollouts:
             cdc.load(msgspec.json.decode(loaded.rollouts[CDC_STATE]))
+        if flags is not None and FLAGS_STATE in loaded.rollouts:
+            flags.watch.load(msgspec.json.decode(loaded.rollouts[FLAGS_STATE]))
         self._outbox: list[tuple[str, bytes | None, bytes, bool]] = []
         self._cdc_changed = False
+        self._flags_changed = False
+        self.confirm_delay: Callable[[float], None] | None = None
         self._revisions: dict[str, int] = {}
 
     # -- entry points -------------------------------------------------------------------
@@ -139,7 +178,9 @@ class Pipeline:
         now = self._monotonic(now)
         cdc = self.cdc
         for topic, keys, values in batch:
-            if cdc is not None and topic in cdc.by_topic:
+            if self.flags is not None and topic == self.flags.config.topic:
+                self._ingest_flag_table(topic, keys, values, now)
+            elif cdc is not None and topic in cdc.by_topic:
                 self._ingest_cdc(topic, keys, values, now)
             else:
                 self._ingest_events("kafka", values, now)
@@ -162,6 +203,68 @@ class Pipeline:
             for reason, n in self.cdc.invalid.items():
                 self.stats.invalid[("cdc", reason)] = n
         self._cdc_changed = True
+
+    def _ingest_flag_table(
+        self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes | None], now: float
+    ) -> None:
+        assert self.flags is not None
+        for key, value in zip(keys, values, strict=True):
+            observed = self.flags.row(topic, key, value)
+            if observed is None:
+                continue
+            seen = self.flags.watch.observe(observed[0], observed[1], now)
+            if seen is not None:
+                self._flag_observed(seen, now)
+        self._flags_changed = True
+
+    def _flag_observed(self, seen: Observation, now: float) -> None:
+        """Record what the table holds; act on drift by the rollout's policy."""
+        assert self.flags is not None
+        name = self.flags.rollout_of[seen.flag]
+        policy = self.flags.policy[name] if seen.status != CONFIRMED else None
+        if policy == "adopt" and seen.observed is None:
+            policy = "alert"  # nothing to adopt
+        decision = FlagDecision(
+            ts=now,
+            kind="flag",
+            rollout=name,
+            flag=seen.flag,
+            status=seen.status,
+            percent=_whole(seen.decided),
+            observed=_whole(seen.observed),
+            delay=seen.delay,
+            action=policy,
+        )
+        decisions: list[Decision] = [decision]
+        if seen.status == CONFIRMED:
+            self.stats.flag_confirmed += 1
+            if self.confirm_delay is not None and seen.delay is not None:
+                self.confirm_delay(seen.delay)
+        else:
+            self.stats.flag_drift[name] += 1
+        if policy == "adopt":
+            assert seen.observed is not None
+            command = Command(
+                ts=now,
+                rollout=name,
+                command="set_percent",
+                actor="flag-table",
+                percent=seen.observed,
+            )
+            decisions += self.engine.handle(command, now)
+        self._decided(decisions)
+        if policy == "revert":
+            self._flag_message(name, now)
+        elif policy == "alert":
+            record = daemon_alert(
+                f"drift/{seen.flag}",
+                "firing",
+                f"flag {seen.flag} of {name}: table holds {seen.observed}, decided "
+                f"{seen.decided} ({seen.status})",
+                now,
+                severity="warning",
+            )
+            self._outbox.extend(route(self.alerts, record))
 
     def ingest(
         self,
@@ -250,6 +353,10 @@ class Pipeline:
             self._cdc_changed = True
         if decisions:
             self._decided(decisions)
+        if self.flags is not None:
+            for seen in self.flags.watch.advance(now):
+                self._flag_observed(seen, now)
+            self._flags_changed = True
         return self._commit({})
 
     def confirm(self, ids: Iterable[int]) -> None:
@@ -352,6 +459,9 @@ class Pipeline:
         revision = self.revisions.get(flag, 0) + 1
         self.revisions[flag] = self._revisions[flag] = revision
         state = FlagState(flag, whole(rollout.percent), name, rollout.phase, revision, ts)
+        if self.flags is not None:
+            self.flags.watch.expect(flag, rollout.percent, ts)
+            self._flags_changed = True
         payload = msgspec.json.encode(state)
         if self.sinks.flags_topic is not None:
             topic = f"kafka:{self.sinks.flags_topic}"
@@ -374,6 +484,9 @@ class Pipeline:
         if self.cdc is not None and self._cdc_changed:
             parts[CDC_STATE] = msgspec.json.encode(self.cdc.dump())
             self._cdc_changed = False
+        if self.flags is not None and self._flags_changed:
+            parts[FLAGS_STATE] = msgspec.json.encode(self.flags.watch.dump())
+            self._flags_changed = False
         batch = Batch(
             engine=engine.snapshot_global(),
             rollouts=parts,

@@ -42,8 +42,9 @@ from rolloutd.cdc import CdcRouter
 from rolloutd.config import Config, ConfigError, load_config
 from rolloutd.core.decisions import Decision
 from rolloutd.core.events import CommandName
+from rolloutd.core.flagwatch import FlagWatch
 from rolloutd.core.triggers import INSUFFICIENT
-from rolloutd.pipeline import Pipeline, Sinks
+from rolloutd.pipeline import FlagTableWatch, Pipeline, Sinks
 
 log = logging.getLogger("rolloutd.service")
 
@@ -207,11 +208,26 @@ class Service:
         self.health = Health()
         self.store = Store.open(config.state.path, fresh=fresh)
         self.state = DaemonState(ready=lambda: self.health.ready)
-        self.registry, latency = build_registry(lambda: self.pipeline, self.state)
+        self.registry, latency, confirm_delay = build_registry(lambda: self.pipeline, self.state)
         cdc = CdcRouter(tuple(m.wiring() for m in config.migrations)) if config.migrations else None
+        flags = None
+        if config.flag_table is not None:
+            flags = FlagTableWatch(
+                config.flag_table,
+                FlagWatch(config.flag_table.grace),
+                rollout_of={r.flag: r.name for r in config.rollouts},
+                policy={r.name: r.drift for r in config.rollouts},
+            )
         self.pipeline = Pipeline(
-            config.to_spec(), self.store, sinks_of(config), latency.observe, config.alerts, cdc
+            config.to_spec(),
+            self.store,
+            sinks_of(config),
+            latency.observe,
+            config.alerts,
+            cdc,
+            flags,
         )
+        self.pipeline.confirm_delay = confirm_delay.observe
         if cdc is not None:
             self.state.migrations = cdc.metrics
         self.alerts = AlertDispatcher(config.alerts, self.pipeline.confirm)
@@ -527,6 +543,8 @@ class Service:
             topics.append(source.topics.commands)
         if self.pipeline.cdc is not None:
             topics += [t for t in self.pipeline.cdc.topics if t not in topics]
+        if self.pipeline.flags is not None and self.pipeline.flags.config.topic not in topics:
+            topics.append(self.pipeline.flags.config.topic)
         offsets = dict(self.pipeline.offsets)
         return KafkaConsumerLoop(source, topics, offsets, self._on_kafka, self._state("kafka"))
 

@@ -111,7 +111,14 @@ class RolloutdCollector(Collector):
         )
         for (rollout, trigger), n in sorted(stats.rollbacks.items()):
             rollbacks.add_metric([rollout, trigger], n)
-        yield from (events, invalid, decisions, rollbacks)
+        drift = CounterMetricFamily(
+            "rolloutd_flag_drift",
+            "Flag table values that disagreed with the decision",
+            labels=["rollout"],
+        )
+        for rollout, n in sorted(stats.flag_drift.items()):
+            drift.add_metric([rollout], n)
+        yield from (events, invalid, decisions, rollbacks, drift)
 
     def _daemon(self) -> Iterator[Metric]:
         state = self.state
@@ -174,8 +181,9 @@ class RolloutdCollector(Collector):
 
 def build_registry(
     pipeline: Callable[[], Pipeline], state: DaemonState
-) -> tuple[CollectorRegistry, Histogram]:
-    """A registry with the collector and the decision-latency histogram."""
+) -> tuple[CollectorRegistry, Histogram, Histogram]:
+    """A registry with the collector, and the decision-latency and flag-confirmation
+    histograms."""
     registry = CollectorRegistry()
     registry.register(RolloutdCollector(pipeline, state))
     latency = Histogram(
@@ -184,4 +192,10 @@ def build_registry(
         buckets=LATENCY_BUCKETS,
         registry=registry,
     )
-    return registry, latency
+    confirm = Histogram(
+        "rolloutd_flag_confirmation_delay_seconds",
+        "From a percent decision to the flag table holding it (seen through CDC)",
+        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+        registry=registry,
+    )
+    return registry, latency, confirm

@@ -74,6 +74,18 @@ class ConfigDecision(Decision, frozen=True, omit_defaults=True, kw_only=True):
     reason: str
 
 
+class FlagDecision(Decision, frozen=True, omit_defaults=True, kw_only=True):
+    """What the flag table (seen through CDC) holds, against what was decided."""
+
+    kind: Literal["flag"]
+    flag: str
+    status: str  # confirmed | drift | not_applied
+    percent: float | int | None  # decided
+    observed: float | int | None
+    delay: float | None = None  # confirmed: seconds from decision to table
+    action: str | None = None  # drift: alert | revert | adopt
+
+
 AnyDecision = (
     PercentDecision
     | PhaseDecision
@@ -81,6 +93,7 @@ AnyDecision = (
     | AlertDecision
     | RefusedDecision
     | ConfigDecision
+    | FlagDecision
 )
 
 _encoder = msgspec.json.Encoder()
