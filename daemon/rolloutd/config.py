@@ -654,7 +654,7 @@ class Config(_Model):
             except ValueError as exc:
                 yield f"{at}: {exc}"
         if (self.migrations or self.flag_table) and self.sources.kafka is None:
-            yield "migrations, flag_table: CDC topics are read from Kafka: sources.kafka is required"
+            yield "migrations, flag_table: CDC is read from Kafka: sources.kafka is required"
 
     def _breaker_errors(self) -> Iterator[str]:
         names: dict[str, int] = {}
