@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import signal
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-from brokers import Tansu
+from brokers import Tansu, free_port
 from test_daemon import TOPICS, Daemon, Kafka, config_text
 
 SOURCE, TARGET = "pg.public.customers", "pg.public.customers_v2"
@@ -61,9 +65,11 @@ def change(table: str, op: str, row: dict[str, Any]) -> bytes:
     ).encode()
 
 
-def start(tansu: Tansu, tmp_path: Path, triggers: str) -> Daemon:
+def start(tansu: Tansu, tmp_path: Path, triggers: str, port: int = 0) -> Daemon:
     tansu.create_topics([*TOPICS, SOURCE, TARGET])
-    config = config_text(tansu.bootstrap, tmp_path / "s.db", ROLLOUT.replace("TRIGGERS", triggers))
+    rollout = ROLLOUT.replace("TRIGGERS", triggers)
+    http = f'{{listen: "127.0.0.1:{port}"}}'
+    config = config_text(tansu.bootstrap, tmp_path / "s.db", rollout, http=http)
     daemon = Daemon(tmp_path, config + MIGRATION)
     daemon.start()
     return daemon
@@ -72,7 +78,8 @@ def start(tansu: Tansu, tmp_path: Path, triggers: str) -> Daemon:
 async def test_dual_write_that_drops_one_percent_of_updates_rolls_back(
     tansu: Tansu, tmp_path: Path
 ) -> None:
-    daemon = start(tansu, tmp_path, "validation")
+    port = free_port()
+    daemon = start(tansu, tmp_path, "validation", port)
     async with Kafka(tansu.bootstrap) as kafka:
         await kafka.wait_for("rollout.flags", lambda f: len(f) >= 1)
         for i in range(200):
@@ -97,6 +104,13 @@ async def test_dual_write_that_drops_one_percent_of_updates_rolls_back(
     firing = next(d for d in decisions if d.get("state") == "firing")
     assert firing["trigger"] == "validation"
     assert firing["value"] == 2.0  # exactly the two dropped updates
+    # The admin API and the CLI show the migration and its offending keys.
+    migration, status = await asyncio.to_thread(_api_and_cli, port)
+    assert migration["failures"]["mismatch"] == 2
+    assert sorted(k["key"] for k in migration["sample_keys"]) == [[7], [107]]
+    assert migration["progress"]["ratio"] == 1.0
+    assert "customers-v2" in status
+    assert "mismatch 2" in status
     assert daemon.signal(signal.SIGTERM) == 0
 
 
@@ -122,3 +136,16 @@ async def test_a_stalled_backfill_raises_the_stall_alert(tansu: Tansu, tmp_path:
     stalled = next(d for d in decisions if d["kind"] == "trigger")
     assert stalled["value"] == 0.5
     assert daemon.signal(signal.SIGTERM) == 0
+
+
+def _api_and_cli(port: int) -> tuple[dict[str, Any], str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/migrations", timeout=5) as r:
+        (migration,) = json.loads(r.read())["migrations"]
+    status = subprocess.run(
+        [sys.executable, "-m", "rolloutd.cli", "status", "--url", f"http://127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return migration, status.stdout

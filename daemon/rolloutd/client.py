@@ -58,7 +58,27 @@ def _http_error(exc: urllib.error.HTTPError) -> ClientError:
 def status(url: str, name: str | None) -> str:
     if name:
         return _render([_request(f"{url}/api/v1/rollouts/{name}")], detail=True)
-    return _render(_request(f"{url}/api/v1/rollouts")["rollouts"], detail=False)
+    text = _render(_request(f"{url}/api/v1/rollouts")["rollouts"], detail=False)
+    breakers = _request(f"{url}/api/v1/breakers")["breakers"]
+    if breakers:
+        text += "\n\nbreakers:\n" + "\n".join(
+            f"  {b['name']:<24} {b['state']:<12} service {b['service']}, {b['calls']} calls,"
+            f" failure rate {_num(b['failure_rate'])}"
+            for b in breakers
+        )
+    migrations = _request(f"{url}/api/v1/migrations")["migrations"]
+    if migrations:
+        text += "\n\nmigrations:\n" + "\n".join(
+            f"  {m['name']:<24} progress {m['progress']['ratio']:.1%},"
+            f" lag {_num(m['lag_seconds'])}s, failures {sum(m['failures'].values())}"
+            f" ({_kinds(m['failures'])}) -> {m['rollout']}"
+            for m in migrations
+        )
+    return text
+
+
+def _kinds(failures: dict[str, int]) -> str:
+    return ", ".join(f"{kind} {n}" for kind, n in sorted(failures.items()) if n) or "none"
 
 
 def _render(rollouts: list[dict[str, Any]], detail: bool) -> str:

@@ -85,6 +85,7 @@ def build_app(ctx: AdminContext) -> web.Application:
     app.router.add_get("/api/v1/rollouts/{name}", _show)
     app.router.add_post("/api/v1/rollouts/{name}/{command}", _mutate)
     app.router.add_get("/api/v1/breakers", _breakers)
+    app.router.add_get("/api/v1/migrations", _migrations)
     app.router.add_post("/api/v1/breakers/{name}/{command}", _breaker_command)
     return app
 
@@ -176,6 +177,33 @@ async def _breakers(request: web.Request) -> web.Response:
             ]
         }
     )
+
+
+async def _migrations(request: web.Request) -> web.Response:
+    cdc = _ctx(request).pipeline().cdc
+    rows = []
+    for name, checker in cdc.checkers.items() if cdc is not None else ():
+        progress = checker.progress()
+        rows.append(
+            {
+                "name": name,
+                "rollout": cdc.wirings[name].rollout if cdc is not None else None,
+                "failures": checker.failures(),
+                "sample_keys": [
+                    {"key": list(s.key), "kind": s.kind, "ts": s.at} for s in checker.sample_keys()
+                ],
+                "lag_seconds": checker.last_lag(),
+                "progress": {
+                    "source_rows": progress.source_rows,
+                    "target_rows": progress.target_rows,
+                    "ratio": progress.ratio,
+                    "rows_per_second": progress.rate,
+                },
+                "pending": checker.pending(),
+                "overflow": checker.overflow(),
+            }
+        )
+    return web.json_response({"migrations": rows})
 
 
 async def _breaker_command(request: web.Request) -> web.Response:
