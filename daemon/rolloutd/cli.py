@@ -129,9 +129,7 @@ def _run(config_path: Path, fresh: bool, grace: float, level: str, fmt: str) -> 
     try:
         config = load_config(config_path)
     except ConfigError as exc:
-        print(f"{config_path}: invalid configuration", file=sys.stderr)
-        for line in exc.errors:
-            print(f"  {line}", file=sys.stderr)
+        _print_errors(config_path, exc.errors)
         return EXIT_USAGE
     logs.set_secrets(logs.secrets_of(config))
     try:
@@ -142,15 +140,19 @@ def _run(config_path: Path, fresh: bool, grace: float, level: str, fmt: str) -> 
     return asyncio.run(service.run())
 
 
+def _print_errors(path: Path, errors: list[str]) -> None:
+    print(f"{path}: invalid configuration", file=sys.stderr)
+    for line in errors:
+        print(f"  {line}", file=sys.stderr)
+
+
 def _check_config(path: Path) -> int:
     from rolloutd.config import ConfigError, load_config
 
     try:
         config = load_config(path)
     except ConfigError as exc:
-        print(f"{path}: invalid configuration", file=sys.stderr)
-        for line in exc.errors:
-            print(f"  {line}", file=sys.stderr)
+        _print_errors(path, exc.errors)
         return EXIT_INVALID
     print(f"{path}: ok")
     print(config.summary())
@@ -164,9 +166,7 @@ def _replay(config_path: Path, events: Path, out_path: Path | None, quiet: bool)
     try:
         spec = load_config(config_path).to_spec()
     except ConfigError as exc:
-        print(f"{config_path}: invalid configuration", file=sys.stderr)
-        for line in exc.errors:
-            print(f"  {line}", file=sys.stderr)
+        _print_errors(config_path, exc.errors)
         return EXIT_USAGE
     with ExitStack() as stack:
         try:
