@@ -18,7 +18,6 @@ import contextlib
 import logging
 import signal
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,13 +29,12 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from rolloutd import logs
-from rolloutd.adapters.backoff import Backoff
 from rolloutd.adapters.http import AdminContext, build_app
 from rolloutd.adapters.kafka import Fetched, KafkaConsumerLoop, KafkaPublisher
 from rolloutd.adapters.metrics import DaemonState, build_registry
-from rolloutd.adapters.mqtt import MqttLink, MqttUnavailable
+from rolloutd.adapters.mqtt import MqttLink
 from rolloutd.adapters.notify import AlertDispatcher, daemon_alert
-from rolloutd.adapters.store import OutboxItem, Store, StoreError
+from rolloutd.adapters.store import Store, StoreError
 from rolloutd.adapters.systemd import SystemdNotifier
 from rolloutd.cdc import CdcRouter
 from rolloutd.config import Config, ConfigError, load_config
@@ -45,6 +43,7 @@ from rolloutd.core.events import CommandName
 from rolloutd.core.flagwatch import FlagWatch
 from rolloutd.core.triggers import INSUFFICIENT
 from rolloutd.pipeline import FlagTableWatch, Pipeline, Sinks
+from rolloutd.publisher import Fanout, Publisher
 
 log = logging.getLogger("rolloutd.service")
 
@@ -54,7 +53,6 @@ RELOAD_POLL = 2.0  # seconds between looks at the config file's modification tim
 HEALTH_EVERY = 5.0  # seconds between checks for daemon-level alerts
 PUBLISH_ALERT_AFTER = 60.0  # publishing failing this long pages
 STALL_AFTER = 600.0  # a rollout this far past its hold (or one hold, if longer) is stalled
-CHUNK = 500
 COMPACT_EVERY = 300.0  # seconds between WAL checkpoints of the state store
 
 
@@ -74,102 +72,11 @@ class Health:
         return self.started and all(self.sources.values())
 
 
-class Publisher:
-    """Sends outbox items in order, confirms them in the store, retries what failed."""
-
-    def __init__(
-        self, pipeline: Pipeline, kafka: KafkaPublisher | None, mqtt: MqttLink | None
-    ) -> None:
-        self.pipeline = pipeline
-        self.kafka = kafka
-        self.mqtt = mqtt
-        self.pending: deque[OutboxItem] = deque()
-        self.wake = asyncio.Event()
-        self.backoff = Backoff(first=0.05, cap=5.0)
-        self.published = 0
-        self.failing_since: float | None = None  # monotonic time of the first failure in a row
-
-    def add(self, items: list[OutboxItem]) -> None:
-        mine = [i for i in items if not i.sink.startswith("alert:")]  # alerts: the dispatcher
-        if mine:
-            self.pending.extend(mine)
-            self.wake.set()
-
-    async def run(self) -> None:
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            while self.pending:
-                if not await self.send_some():
-                    if self.failing_since is None:
-                        self.failing_since = time.monotonic()
-                    await asyncio.sleep(self.backoff.next())
-                else:
-                    self.failing_since = None
-                    self.backoff.reset()
-
-    async def send_some(self) -> bool:
-        """Publish up to CHUNK items; True if all of them went out."""
-        chunk = [self.pending[i] for i in range(min(CHUNK, len(self.pending)))]
-        kafka = [i for i in chunk if i.sink.startswith("kafka:")]
-        mqtt = [i for i in chunk if i.sink.startswith("mqtt:")]
-        done: set[int] = set()
-        for items, send in ((kafka, self._send_kafka), (mqtt, self._send_mqtt)):
-            if not items:
-                continue
-            try:
-                await send(items)
-            except Exception as exc:
-                log.warning("publish to %s failed: %s", items[0].sink.split(":")[0], exc)
-                break  # keep order: later items wait for the failed ones
-            done.update(i.id for i in items)
-        if done:
-            self.pipeline.confirm(sorted(done))
-            self.published += len(done)
-            self.pending = deque(i for i in self.pending if i.id not in done)
-        return len(done) == len(chunk)
-
-    async def _send_kafka(self, items: list[OutboxItem]) -> None:
-        if self.kafka is None:
-            raise MqttUnavailable("no kafka connection configured")
-        await self.kafka.publish([(i.sink[6:], i.key, i.payload) for i in items])
-
-    async def _send_mqtt(self, items: list[OutboxItem]) -> None:
-        if self.mqtt is None:
-            raise MqttUnavailable("no mqtt connection configured")
-        await self.mqtt.publish([(i.sink[5:], i.payload, i.retain) for i in items])
-
-    async def flush(self, grace: float) -> bool:
-        """Try to empty the outbox within `grace` seconds."""
-        deadline = time.monotonic() + grace
-        while self.pending and time.monotonic() < deadline:
-            try:
-                sent = await asyncio.wait_for(self.send_some(), deadline - time.monotonic())
-            except TimeoutError:
-                break
-            if not sent:
-                await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-        return not self.pending
-
-
 def _mtime(path: Path) -> float | None:
     try:
         return path.stat().st_mtime
     except OSError:
         return None
-
-
-class _Fanout:
-    """New outbox items go to whoever delivers them: brokers, or notifiers."""
-
-    def __init__(self, publisher: Publisher, alerts: AlertDispatcher) -> None:
-        self.publisher = publisher
-        self.alerts = alerts
-
-    def add(self, items: list[OutboxItem]) -> None:
-        if items:
-            self.publisher.add(items)
-            self.alerts.add(items)
 
 
 def sinks_of(config: Config) -> Sinks:
@@ -244,7 +151,7 @@ class Service:
         if self.kafka_in is not None:
             self.state.consumer_lag = self.kafka_in.lag
         self.publisher = Publisher(self.pipeline, self.kafka_out, self.mqtt)
-        self.outbox = _Fanout(self.publisher, self.alerts)
+        self.outbox = Fanout(self.publisher, self.alerts)
         self.state.outbox_pending = lambda: len(self.publisher.pending)
         self.state.breakers = lambda: {n: b.state for n, b in self.pipeline.engine.breakers.items()}
         self.stopping = asyncio.Event()

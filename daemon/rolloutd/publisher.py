@@ -1,0 +1,115 @@
+"""Publishing what the outbox holds: flag state and decisions to Kafka and MQTT.
+
+Rules: items go out in order; a sink that fails keeps its items (and everything after
+them) for the next try, with backoff; an item leaves the store's outbox only once its broker
+acknowledged it. Alert rows are not ours: the alert dispatcher delivers those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+
+from rolloutd.adapters.backoff import Backoff
+from rolloutd.adapters.kafka import KafkaPublisher
+from rolloutd.adapters.mqtt import MqttLink, MqttUnavailable
+from rolloutd.adapters.notify import AlertDispatcher
+from rolloutd.adapters.store import OutboxItem
+from rolloutd.pipeline import Pipeline
+
+log = logging.getLogger("rolloutd.publisher")
+
+CHUNK = 500
+
+
+class Publisher:
+    """Sends outbox items in order, confirms them in the store, retries what failed."""
+
+    def __init__(
+        self, pipeline: Pipeline, kafka: KafkaPublisher | None, mqtt: MqttLink | None
+    ) -> None:
+        self.pipeline = pipeline
+        self.kafka = kafka
+        self.mqtt = mqtt
+        self.pending: deque[OutboxItem] = deque()
+        self.wake = asyncio.Event()
+        self.backoff = Backoff(first=0.05, cap=5.0)
+        self.published = 0
+        self.failing_since: float | None = None  # monotonic time of the first failure in a row
+
+    def add(self, items: list[OutboxItem]) -> None:
+        mine = [i for i in items if not i.sink.startswith("alert:")]  # alerts: the dispatcher
+        if mine:
+            self.pending.extend(mine)
+            self.wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.pending:
+                if not await self.send_some():
+                    if self.failing_since is None:
+                        self.failing_since = time.monotonic()
+                    await asyncio.sleep(self.backoff.next())
+                else:
+                    self.failing_since = None
+                    self.backoff.reset()
+
+    async def send_some(self) -> bool:
+        """Publish up to CHUNK items; True if all of them went out."""
+        chunk = [self.pending[i] for i in range(min(CHUNK, len(self.pending)))]
+        kafka = [i for i in chunk if i.sink.startswith("kafka:")]
+        mqtt = [i for i in chunk if i.sink.startswith("mqtt:")]
+        done: set[int] = set()
+        for items, send in ((kafka, self._send_kafka), (mqtt, self._send_mqtt)):
+            if not items:
+                continue
+            try:
+                await send(items)
+            except Exception as exc:
+                log.warning("publish to %s failed: %s", items[0].sink.split(":")[0], exc)
+                break  # keep order: later items wait for the failed ones
+            done.update(i.id for i in items)
+        if done:
+            self.pipeline.confirm(sorted(done))
+            self.published += len(done)
+            self.pending = deque(i for i in self.pending if i.id not in done)
+        return len(done) == len(chunk)
+
+    async def _send_kafka(self, items: list[OutboxItem]) -> None:
+        if self.kafka is None:
+            raise MqttUnavailable("no kafka connection configured")
+        await self.kafka.publish([(i.sink[6:], i.key, i.payload) for i in items])
+
+    async def _send_mqtt(self, items: list[OutboxItem]) -> None:
+        if self.mqtt is None:
+            raise MqttUnavailable("no mqtt connection configured")
+        await self.mqtt.publish([(i.sink[5:], i.payload, i.retain) for i in items])
+
+    async def flush(self, grace: float) -> bool:
+        """Try to empty the outbox within `grace` seconds."""
+        deadline = time.monotonic() + grace
+        while self.pending and time.monotonic() < deadline:
+            try:
+                sent = await asyncio.wait_for(self.send_some(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+            if not sent:
+                await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        return not self.pending
+
+
+class Fanout:
+    """New outbox items go to whoever delivers them: brokers, or notifiers."""
+
+    def __init__(self, publisher: Publisher, alerts: AlertDispatcher) -> None:
+        self.publisher = publisher
+        self.alerts = alerts
+
+    def add(self, items: list[OutboxItem]) -> None:
+        if items:
+            self.publisher.add(items)
+            self.alerts.add(items)
