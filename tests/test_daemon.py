@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import aiomqtt
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from brokers import Mosquitto, Tansu
+from brokers import Mosquitto, Tansu, free_port
 
 TOPICS = ["rollout.metrics", "rollout.commands", "rollout.flags", "rollout.decisions"]
 DEADLINE = 30.0
@@ -149,7 +151,14 @@ class Kafka:
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
         await self.producer.start()
         await self.consumer.start()
-        parts = [TopicPartition(t, 0) for t in self.seen]
+        # Every partition: a topic auto-created by a client's metadata request (Tansu makes 4)
+        # spreads keys over all of them.
+        await self.consumer.topics()
+        parts = [
+            TopicPartition(t, p)
+            for t in self.seen
+            for p in sorted(self.consumer.partitions_for_topic(t) or {0})
+        ]
         self.consumer.assign(parts)
         await self.consumer.seek_to_beginning(*parts)
         return self
@@ -373,3 +382,43 @@ async def test_sigterm_exits_zero_within_grace_even_with_the_broker_gone(
     assert daemon.signal(signal.SIGTERM) == 0
     assert time.monotonic() - started < 5 + 3  # the grace period, and a little
     assert "stay in the outbox" in daemon.output() or "processed" in daemon.output()
+
+
+async def test_broker_down_at_start_is_waited_for_and_reported_not_ready(
+    tansu: Tansu, daemon_factory: Any, tmp_path: Path
+) -> None:
+    port = free_port()
+    http = f'{{listen: "127.0.0.1:{port}"}}'
+    tansu.stop()  # the daemon starts first
+    daemon = daemon_factory(config_text(tansu.bootstrap, tmp_path / "s.db", GUARDED, http=http))
+    daemon.start()
+    status, ready = await asyncio.to_thread(_readyz, port)
+    assert status == 503
+    assert ready["checks"]["kafka connected"] is False
+    assert daemon.proc is not None
+    assert daemon.proc.poll() is None
+    tansu.start()
+    tansu.create_topics(TOPICS)
+    async with Kafka(tansu.bootstrap) as kafka:
+        # What was decided while the broker was away waited in the outbox.
+        flags = await kafka.wait_for("rollout.flags", lambda f: len(f) >= 1)
+        assert (flags[0]["percent"], flags[0]["revision"]) == (10, 1)
+        await kafka.send(requests("canary", 50, 25))
+        await kafka.wait_for("rollout.flags", lambda f: f[-1]["phase"] == "rolled_back")
+    status, ready = await asyncio.to_thread(_readyz, port)
+    assert (status, ready["ready"]) == (200, True)
+    assert daemon.signal(signal.SIGTERM) == 0
+
+
+def _readyz(port: int) -> tuple[int, dict[str, Any]]:
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

@@ -22,6 +22,7 @@ from rolloutd.pipeline import Pipeline
 log = logging.getLogger("rolloutd.publisher")
 
 CHUNK = 500
+WARN_EVERY = 30.0  # seconds between log lines while publishing keeps failing
 
 
 class Publisher:
@@ -37,7 +38,8 @@ class Publisher:
         self.wake = asyncio.Event()
         self.backoff = Backoff(first=0.05, cap=5.0)
         self.published = 0
-        self.failing_since: float | None = None  # monotonic time of the first failure in a row
+        self.failing_since: float | None = None
+        self._warned = 0.0  # monotonic time of the first failure in a row
 
     def add(self, items: list[OutboxItem]) -> None:
         mine = [i for i in items if not i.sink.startswith("alert:")]  # alerts: the dispatcher
@@ -70,7 +72,7 @@ class Publisher:
             try:
                 await send(items)
             except Exception as exc:
-                log.warning("publish to %s failed: %s", items[0].sink.split(":")[0], exc)
+                self._warn(items[0].sink.split(":")[0], exc)
                 break  # keep order: later items wait for the failed ones
             done.update(i.id for i in items)
         if done:
@@ -78,6 +80,14 @@ class Publisher:
             self.published += len(done)
             self.pending = deque(i for i in self.pending if i.id not in done)
         return len(done) == len(chunk)
+
+    def _warn(self, sink: str, exc: Exception) -> None:
+        """The first failure of a streak, then one line every WARN_EVERY seconds."""
+        now = time.monotonic()
+        if self.failing_since is None or now - self._warned >= WARN_EVERY:
+            self._warned = now
+            waiting = len(self.pending)
+            log.warning("publish to %s failed (%d waiting): %s", sink, waiting, exc)
 
     async def _send_kafka(self, items: list[OutboxItem]) -> None:
         if self.kafka is None:
