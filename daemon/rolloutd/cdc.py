@@ -11,7 +11,6 @@ unchanged gauge rather than as silence. Malformed envelopes are counted and skip
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,20 +39,21 @@ class CdcRouter:
         for w in wirings:
             for topic in {w.source_topic, w.target_topic}:
                 self.by_topic.setdefault(topic, []).append(w.spec.name)
-        self.invalid: Counter[str] = Counter()
 
     @property
     def topics(self) -> list[str]:
         return sorted(self.by_topic)
 
-    def handle(self, topic: str, key: bytes | None, value: bytes | None, now: float) -> list[Event]:
+    def handle(
+        self, topic: str, key: bytes | None, value: bytes | None, now: float
+    ) -> list[Event] | Rejection:
+        """The samples one change produces, or why the change was rejected."""
         names = self.by_topic.get(topic)
         if not names:
             return []
         decoded = decode_change(topic, key, value)
         if isinstance(decoded, Rejection):
-            self.invalid[decoded.reason] += 1
-            return []
+            return decoded
         if not isinstance(decoded, ChangeEvent):
             return []  # tombstones, transaction markers, heartbeats: nothing to compare
         events: list[Event] = []

@@ -36,11 +36,10 @@ from rolloutd.core.decisions import (
     PercentDecision,
     TriggerDecision,
     encode,
-    to_dict,
     whole,
 )
 from rolloutd.core.engine import Engine
-from rolloutd.core.events import Command, CommandName, decode_many
+from rolloutd.core.events import Command, CommandName, Rejection, decode_many
 from rolloutd.core.flagwatch import CONFIRMED, FlagWatch, Observation
 from rolloutd.core.spec import EngineSpec
 
@@ -190,18 +189,16 @@ class Pipeline:
         self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes | None], now: float
     ) -> None:
         assert self.cdc is not None
-        before = sum(self.cdc.invalid.values())
         for key, value in zip(keys, values, strict=True):
-            for event in self.cdc.handle(topic, key, value, now):
+            events = self.cdc.handle(topic, key, value, now)
+            if isinstance(events, Rejection):
+                self._reject("cdc", events.reason, events.detail)
+                continue
+            self.stats.events["cdc"] += 1
+            for event in events:
                 decisions = self.engine.handle(event, now)
                 if decisions:
                     self._decided(decisions)
-        self.stats.events["cdc"] += len(values)
-        rejected = sum(self.cdc.invalid.values()) - before
-        if rejected:
-            self.stats.events["cdc"] -= rejected
-            for reason, n in self.cdc.invalid.items():
-                self.stats.invalid[("cdc", reason)] = n
         self._cdc_changed = True
 
     def _ingest_flag_table(
@@ -397,7 +394,7 @@ class Pipeline:
             if isinstance(decision, PercentDecision) and decision.reason.startswith("rollback: "):
                 self.stats.rollbacks[(decision.rollout, decision.reason[10:])] += 1
             payload = encode(decision)
-            decision_log.info("decision", **to_dict(decision))
+            decision_log.info("decision", **msgspec.json.decode(payload))
             if self.sinks.decisions_topic is not None:
                 topic = f"kafka:{self.sinks.decisions_topic}"
                 self._outbox.append((topic, decision.rollout.encode(), payload, False))
@@ -430,7 +427,7 @@ class Pipeline:
     def _breaker_message(self, decision: BreakerDecision) -> None:
         """Audit it, and publish the breaker's state for the services to obey."""
         payload = encode(decision)
-        decision_log.info("decision", **to_dict(decision))
+        decision_log.info("decision", **msgspec.json.decode(payload))
         key = f"breaker:{decision.breaker}"
         if self.sinks.decisions_topic is not None:
             topic = f"kafka:{self.sinks.decisions_topic}"
