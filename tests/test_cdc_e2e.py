@@ -10,8 +10,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from brokers import Tansu, free_port
 from test_daemon import TOPICS, Daemon, Kafka, config_text
@@ -71,8 +74,20 @@ def start(tansu: Tansu, tmp_path: Path, triggers: str, port: int = 0) -> Daemon:
     http = f'{{listen: "127.0.0.1:{port}"}}'
     config = config_text(tansu.bootstrap, tmp_path / "s.db", rollout, http=http)
     daemon = Daemon(tmp_path, config + MIGRATION)
+    _started.append(daemon)
     daemon.start()
     return daemon
+
+
+_started: list[Daemon] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_daemons() -> Iterator[None]:
+    """A failed assertion must not leave a daemon running."""
+    yield
+    while _started:
+        _started.pop().stop()
 
 
 async def test_dual_write_that_drops_one_percent_of_updates_rolls_back(
@@ -103,7 +118,9 @@ async def test_dual_write_that_drops_one_percent_of_updates_rolls_back(
     assert flags[-1]["percent"] == 0
     firing = next(d for d in decisions if d.get("state") == "firing")
     assert firing["trigger"] == "validation"
-    assert firing["value"] == 2.0  # exactly the two dropped updates
+    # It fires on the first failure judged; the second dropped key may be judged with it or
+    # a moment later, depending on where the grace deadlines fall.
+    assert firing["value"] in (1.0, 2.0)
     # The admin API and the CLI show the migration and its offending keys.
     migration, status = await asyncio.to_thread(_api_and_cli, port)
     assert migration["failures"]["mismatch"] == 2
@@ -139,8 +156,14 @@ async def test_a_stalled_backfill_raises_the_stall_alert(tansu: Tansu, tmp_path:
 
 
 def _api_and_cli(port: int) -> tuple[dict[str, Any], str]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/migrations", timeout=5) as r:
-        (migration,) = json.loads(r.read())["migrations"]
+    deadline = time.monotonic() + 10
+    while True:  # until both dropped updates were judged (their grace ends)
+        url = f"http://127.0.0.1:{port}/api/v1/migrations"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            (migration,) = json.loads(r.read())["migrations"]
+        if migration["failures"].get("mismatch") == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     status = subprocess.run(
         [sys.executable, "-m", "rolloutd.cli", "status", "--url", f"http://127.0.0.1:{port}"],
         capture_output=True,
