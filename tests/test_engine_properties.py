@@ -57,7 +57,7 @@ class EngineMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.engine = Engine(SPEC)
-        self.twin = Engine(SPEC, skip_quiet=False)
+        self.twin = Engine(SPEC, shortcuts=False)
         self.ts = T0
         self.decisions: list[Decision] = []
         self.trigger_states: dict[tuple[str, str], str] = {}
@@ -130,14 +130,14 @@ class EngineMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.engine.now is not None)
     @rule()
     def restart_twin_from_snapshot(self) -> None:
-        self.twin = Engine.restore(SPEC, self.engine.snapshot(), skip_quiet=False)
+        self.twin = Engine.restore(SPEC, self.engine.snapshot(), shortcuts=False)
         assert self.twin.snapshot() == self.engine.snapshot()
 
     @precondition(lambda self: self.stored_global is not None)
     @rule()
     def restart_twin_from_incremental_parts(self) -> None:
         self.twin = Engine.restore_parts(
-            SPEC, self.stored_global, dict(self.stored_parts), skip_quiet=False
+            SPEC, self.stored_global, dict(self.stored_parts), shortcuts=False
         )
 
     @invariant()

@@ -48,6 +48,8 @@ class AdminContext:
 
 def rollout_view(rollout: RolloutRuntime, recent: Sequence[Decision]) -> dict[str, Any]:
     """What the API shows of one rollout."""
+    for trig in rollout.triggers:
+        trig.refresh()
     return {
         "name": rollout.spec.name,
         "flag": rollout.spec.flag,

@@ -79,6 +79,7 @@ class RolloutdCollector(Collector):
             for candidate in PHASES:
                 phase.add_metric([name, candidate], 1.0 if candidate == rollout.phase else 0.0)
             for trig in rollout.triggers:
+                trig.refresh()
                 labels = [name, trig.spec.name]
                 state.add_metric(labels, TRIGGER_STATE_VALUES.get(trig.state, 0.0))
                 if trig.value is not None:

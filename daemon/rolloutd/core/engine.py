@@ -11,10 +11,15 @@ Rules:
   (rollout, cohort, name) for gauges and counters.
 * `snapshot()` / `restore()` round-trip everything that decides the future, so a restored
   engine continues exactly where the old one stopped.
+* Shortcuts that change no decision (`shortcuts=False` turns them off, for tests that prove
+  it): quiet rollouts skip bucket boundaries; a request that cannot move a trigger toward a
+  breach does not make it read again (`TriggerRuntime.holds`); and an event evaluates its
+  rollout only if a trigger must be read, one is pending or firing, or a hold or bake is due.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +29,7 @@ import msgspec
 from rolloutd.core.breaker import BreakerRuntime
 from rolloutd.core.decisions import BreakerDecision, Decision, RefusedDecision
 from rolloutd.core.events import Command, Counter, Event, Gauge, Request, Requests
-from rolloutd.core.rollout import RolloutRuntime
+from rolloutd.core.rollout import PROGRESSING, PROMOTED, RolloutRuntime
 from rolloutd.core.spec import EngineSpec, RolloutSpec, TriggerSpec
 from rolloutd.core.triggers import INACTIVE, INSUFFICIENT, BreakerView, TriggerRuntime
 from rolloutd.core.windows import RequestSeries, SampleSeries
@@ -50,7 +55,18 @@ class _Snapshot(msgspec.Struct):
 class _Route:
     """Everything one rollout's events touch."""
 
-    __slots__ = ("changed", "counters", "gauges", "head", "quiet", "requests", "rollout")
+    __slots__ = (
+        "changed",
+        "counters",
+        "due",
+        "gauges",
+        "head",
+        "presence",
+        "quiet",
+        "requests",
+        "rollout",
+        "woke",
+    )
 
     def __init__(self, rollout: RolloutRuntime) -> None:
         self.rollout = rollout
@@ -59,6 +75,11 @@ class _Route:
         # event a bucket boundary cannot change anything (no state moves, the gate is shut).
         self.quiet = False
         self.changed = False  # its state may differ from its last snapshot
+        # An event evaluates the rollout only if a trigger woke (must be read) or `due` has
+        # come; -inf means "always", and anything but an event's own evaluation resets it.
+        self.woke = False
+        self.due = -math.inf
+        self.presence = any(t.op in ("unchanged", "absent") for t in rollout.spec.triggers)
         self.requests: dict[str, RequestSeries] = {}
         self.gauges: dict[tuple[str, str], SampleSeries] = {}
         self.counters: dict[tuple[str, str], SampleSeries] = {}
@@ -131,16 +152,16 @@ def _trigger_runtime(route: _Route, trig: TriggerSpec, bucket: float) -> Trigger
     # The trigger is read again whenever a series it reads takes a sample.
     series.readers.append(runtime)
     if base is not None:
-        base.readers.append(runtime)
+        base.base_readers.append(runtime)
     return runtime
 
 
 class Engine:
     """All rollouts of one config, driven by events and the caller's clock."""
 
-    def __init__(self, spec: EngineSpec, *, skip_quiet: bool = True) -> None:
+    def __init__(self, spec: EngineSpec, *, shortcuts: bool = True) -> None:
         self.spec = spec
-        self.skip_quiet = skip_quiet  # off only to check that skipping changes nothing
+        self.shortcuts = shortcuts  # off only to check that they change nothing
         self.bucket = spec.bucket
         self.stats = EngineStats()
         self.now: float | None = None  # the engine's time; None before the first call
@@ -231,7 +252,8 @@ class Engine:
                 rollout.evaluate(out, boundary)
                 if len(out) > before or any(t.state != INACTIVE for t in rollout.triggers):
                     route.changed = True
-                if self.skip_quiet:
+                route.due = -math.inf
+                if self.shortcuts:
                     route.quiet = _is_quiet(route)
             routes = [r for r in routes if r.rollout.armed and not r.quiet]
         self._head = max(self._head, last)
@@ -242,6 +264,7 @@ class Engine:
         if route.head is not None and route.head >= bucket:
             return
         route.head = bucket
+        route.woke = True
         for series in route.requests.values():
             series.advance(bucket)
         for sample_series in route.gauges.values():
@@ -288,34 +311,73 @@ class Engine:
             stats.ignored += 1
         elif not added:
             stats.too_old += 1
-        route.rollout.evaluate(out, now)
+        if route.woke or now >= route.due:
+            route.woke = False
+            rollout = route.rollout
+            rollout.evaluate(out, now)
+            if self.shortcuts:
+                route.due = _due(route)
         return out
 
-    @staticmethod
-    def _ingest(route: _Route, event: Event, bucket: int) -> bool | None:
-        """Add the event to its series: None if no trigger reads it, False if too old."""
-        series: RequestSeries | SampleSeries | None
+    def _ingest(self, route: _Route, event: Event, bucket: int) -> bool | None:
+        """Add the event to its series: None if no trigger reads it, False if too old.
+
+        Wakes the route when a trigger must be read again."""
         if type(event) is Request:
-            series = route.requests.get(event.cohort)
-            if series is None:
+            requests = route.requests.get(event.cohort)
+            if requests is None:
                 return None
-            added = series.add_one(bucket, not event.ok, event.latency_ms)
-        elif type(event) is Requests:
-            series = route.requests.get(event.cohort)
-            if series is None:
+            errors = 0 if event.ok else 1
+            latency = event.latency_ms
+            if not requests.add_one(bucket, errors == 1, latency):
+                return False
+            if latency is None:
+                self._wake(route, requests, 1, errors, 0, 1.0, 0.0)
+            else:
+                self._wake(route, requests, 1, errors, 1, latency, latency)
+            return True
+        if type(event) is Requests:
+            requests = route.requests.get(event.cohort)
+            if requests is None:
                 return None
-            added = series.add(bucket, event.count, event.errors, event.slow, event.latency_ms)
-        else:
-            assert isinstance(event, Gauge | Counter)
-            table = route.gauges if type(event) is Gauge else route.counters
-            series = table.get((event.cohort, event.name))
-            if series is None:
-                return None
-            added = series.add(bucket, event.ts, event.value)
-        if added:
-            for trig in series.readers:
+            lats = event.latency_ms
+            if not requests.add(bucket, event.count, event.errors, event.slow, lats):
+                return False
+            low, high = (min(lats), max(lats)) if lats else (1.0, 0.0)
+            self._wake(route, requests, event.count, event.errors, len(lats), low, high)
+            return True
+        assert isinstance(event, Gauge | Counter)
+        table = route.gauges if type(event) is Gauge else route.counters
+        samples = table.get((event.cohort, event.name))
+        if samples is None:
+            return None
+        if not samples.add(bucket, event.ts, event.value):
+            return False
+        for trig in (*samples.readers, *samples.base_readers):
+            trig.dirty = True
+        route.woke = True
+        return True
+
+    def _wake(
+        self,
+        route: _Route,
+        series: RequestSeries,
+        count: int,
+        errors: int,
+        latencies: int,
+        low: float,
+        high: float,
+    ) -> None:
+        """Mark the triggers that must read again after requests were added to `series`."""
+        shortcuts = self.shortcuts
+        args = (count, errors, latencies, low, high)
+        for own, readers in ((True, series.readers), (False, series.base_readers)):
+            for trig in readers:
+                if shortcuts and not trig.dirty and trig.holds(own, *args):
+                    trig.stale = True
+                    continue
                 trig.dirty = True
-        return added
+                route.woke = True
 
     # -- breakers -----------------------------------------------------------------------
     @property
@@ -342,6 +404,7 @@ class Engine:
             return
         out.extend(decisions)
         for route in self._breaker_readers.get(breaker.spec.name, ()):
+            route.due = -math.inf
             for trig in route.rollout.triggers:
                 trig.dirty = True
             if route.rollout.armed:
@@ -366,6 +429,7 @@ class Engine:
         rollout = route.rollout
         route.quiet = False
         route.changed = True
+        route.due = -math.inf
         rollout.command(out, now, cmd.command, cmd.actor, cmd.percent, cmd.full)
         if rollout.armed:
             # A command may open the gate (resume) or arm triggers (start, retry).
@@ -416,11 +480,11 @@ class Engine:
         return msgspec.json.encode(_Snapshot(msgspec.Raw(self.snapshot_global()), parts))
 
     @classmethod
-    def restore(cls, spec: EngineSpec, snapshot: bytes, *, skip_quiet: bool = True) -> Engine:
+    def restore(cls, spec: EngineSpec, snapshot: bytes, *, shortcuts: bool = True) -> Engine:
         """A new engine for `spec` in the state `snapshot` recorded."""
         doc = msgspec.json.decode(snapshot, type=_Snapshot)
         parts = {name: bytes(part) for name, part in doc.rollouts.items()}
-        return cls.restore_parts(spec, bytes(doc.engine), parts, skip_quiet=skip_quiet)
+        return cls.restore_parts(spec, bytes(doc.engine), parts, shortcuts=shortcuts)
 
     @classmethod
     def restore_parts(
@@ -429,14 +493,14 @@ class Engine:
         global_part: bytes | None,
         rollouts: dict[str, bytes],
         *,
-        skip_quiet: bool = True,
+        shortcuts: bool = True,
     ) -> Engine:
         """A new engine for `spec` from snapshot parts.
 
         Rollouts the parts do not know start fresh; parts of rollouts the spec no longer
         defines are ignored.
         """
-        engine = cls(spec, skip_quiet=skip_quiet)
+        engine = cls(spec, shortcuts=shortcuts)
         if global_part is None:
             return engine
         state = msgspec.json.decode(global_part)
@@ -455,6 +519,24 @@ class Engine:
                 _load_route(route, msgspec.json.decode(part))
                 engine._restored.add(name)
         return engine
+
+
+def _due(route: _Route) -> float:
+    """When an event must next evaluate the rollout even if no trigger woke: -inf while
+    something depends on the clock (a schedule, a presence trigger, a trigger pending,
+    firing or waiting out its hysteresis), else the end of the hold or bake, else never."""
+    rollout = route.rollout
+    if rollout.scheduled or route.presence:
+        return -math.inf
+    for trig in rollout.triggers:
+        if trig.state != INACTIVE:
+            return -math.inf
+    phase = rollout.phase
+    if phase == PROGRESSING:
+        return rollout.step_started + rollout.spec.steps[rollout.step].hold
+    if phase == PROMOTED:
+        return rollout.step_started + rollout.spec.bake
+    return math.inf
 
 
 def _is_quiet(route: _Route) -> bool:

@@ -13,6 +13,12 @@ Rules:
   has been observed since the rollout started.
 * Readings are cached: a trigger is re-read only when a series it reads changed (`dirty`)
   or its result depends on the clock (presence ops).
+* A request that cannot turn an OK reading into a breach does not make the trigger dirty
+  (`holds`): an OK request cannot raise an error rate, a latency at or below the p99 cannot
+  raise the p99, a bound at its fixed threshold cannot come closer. The reasoning is exact
+  (integer cross-multiplication for rates, histogram slots for quantiles), so a decision
+  never depends on it; only the value shown between reads may lag (`stale`, `refresh`).
+  Every bucket boundary reads again, since what leaves a window can move either way.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rolloutd.core.spec import TriggerSpec
-from rolloutd.core.windows import RequestView, SampleSeries, SampleView
+from rolloutd.core.windows import RequestView, SampleSeries, SampleView, slot_value
 
 OK, BREACH, INSUFFICIENT = 0, 1, 2
 INACTIVE, PENDING, FIRING = "inactive", "pending", "firing"
@@ -34,6 +40,18 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
 }
 _QUANTILES = {"latency_p50": 0.5, "latency_p90": 0.9, "latency_p95": 0.95, "latency_p99": 0.99}
+# How a request moves the metric, for `holds`.
+NEVER, RATE, QUANTILE, COUNT = 0, 1, 2, 3
+
+
+def _mode(metric: str, kind: str, presence: bool) -> int:
+    if presence or kind != "request":
+        return NEVER
+    if metric in ("error_rate", "availability"):
+        return RATE
+    if metric == "request_rate":
+        return COUNT
+    return QUANTILE
 
 
 class BreakerView:
@@ -75,22 +93,34 @@ class TriggerRuntime:
     """One trigger of one rollout: its spec, the views it reads, its state."""
 
     __slots__ = (
+        "base_budget",
+        "base_den",
+        "base_down",
+        "base_free",
+        "base_num",
+        "base_value",
         "base_view",
         "bound",
         "bucket_seconds",
         "compare",
+        "den",
         "dirty",
         "factor",
         "for_",
         "is_request",
         "min_samples",
+        "mode",
+        "num",
         "ok_since",
         "outcome",
+        "own_down",
         "presence",
+        "quantile",
         "sample_series",
         "samples",
         "since",
         "spec",
+        "stale",
         "state",
         "threshold",
         "upper",
@@ -130,6 +160,21 @@ class TriggerRuntime:
             self.value_of: Callable[[Any], float | None] = lambda v: series.last(v.span)
         else:
             self.value_of = _value_reader(spec, window_seconds)
+        # For `holds`: whether the measured quantity (the error rate for RATE metrics, else
+        # the value) must not rise on each side, so that the value does not move toward the
+        # breach and the bound does not move toward the value; and the last reading's parts.
+        self.mode = _mode(spec.metric, spec.metric_kind, self.presence)
+        rising_is_bad = self.upper if spec.metric != "availability" else not self.upper
+        self.own_down = rising_is_bad  # the own value must not rise
+        self.base_down = not rising_is_bad  # the baseline value must not rise
+        if self.factor < 0:
+            self.mode = NEVER  # a negative factor turns the bound around: always read
+        self.num = self.den = self.base_num = self.base_den = 0
+        self.base_value = 0.0
+        self.base_free = False  # the value is within the threshold: no baseline can matter
+        self.base_budget = 0  # baseline latencies that may still arrive below its quantile
+        self.quantile = _QUANTILES.get(spec.metric, 0.0)
+        self.stale = False  # value, bound and samples are older than the windows
         self.state = INACTIVE
         self.since: float | None = None  # when it became pending
         self.ok_since: float | None = None  # first OK reading while pending or firing
@@ -147,9 +192,13 @@ class TriggerRuntime:
             return
         if not self.dirty:
             return
-        self.dirty = False
+        self.dirty = self.stale = False
         view = self.view
-        samples = view.count if self.is_request else view.samples  # type: ignore[union-attr]
+        if self.is_request:
+            samples = self.den = view.count  # type: ignore[union-attr]
+            self.num = view.errors  # type: ignore[union-attr]
+        else:
+            samples = view.samples  # type: ignore[union-attr]
         value = self.value_of(view)
         self.value, self.samples = value, samples
         if value is None or samples < self.min_samples:
@@ -159,11 +208,16 @@ class TriggerRuntime:
         base = self.base_view
         if base is not None:
             base_value = self.value_of(base)
-            base_samples = base.count if self.is_request else base.samples  # type: ignore[union-attr]
+            if self.is_request:
+                base_samples = self.base_den = base.count  # type: ignore[union-attr]
+                self.base_num = base.errors  # type: ignore[union-attr]
+            else:
+                base_samples = base.samples  # type: ignore[union-attr]
             if base_value is None or base_samples < self.min_samples:
                 self.bound = None
                 self.outcome = INSUFFICIENT
                 return
+            self.base_value = base_value
             relative = self.factor * base_value
             if bound is None:
                 bound = relative
@@ -173,7 +227,86 @@ class TriggerRuntime:
                 bound = bound if bound <= relative else relative
         assert bound is not None
         self.bound = bound
-        self.outcome = BREACH if self.compare(value, bound) else OK
+        threshold = self.threshold
+        self.base_free = threshold is not None and not self.compare(value, threshold)
+        if self.compare(value, bound):
+            self.outcome = BREACH
+            return
+        self.outcome = OK
+        if base is not None and self.mode == QUANTILE and self.upper and not self.base_free:
+            self.base_budget = self._base_budget(base, value)
+
+    def _base_budget(self, base: Any, value: float) -> int:
+        """How many baseline latencies, of any value, may arrive before the bound could
+        fall to `value`: after k more samples the q-quantile of n is still at least the
+        sample of rank r - m as long as k (1 - q) <= m - 1, where r is its rank now. The
+        largest m of the form 2^i whose floor keeps the bound above `value` is chosen."""
+        fenwick = base.fenwick
+        q = self.quantile
+        rank = int(q * (base.latencies - 1))
+        threshold, factor, compare = self.threshold, self.factor, self.compare
+
+        def safe(m: int) -> bool:
+            low = factor * slot_value(fenwick.search(rank - m))
+            bound = low if threshold is None or low >= threshold else threshold
+            return not compare(value, bound)
+
+        best = 0
+        m = 1
+        while m <= rank and safe(m):
+            best = m
+            m *= 4
+        # The margin covers the rounding of the float rank arithmetic (int(q * (n - 1))).
+        return int((best - 1) / (1.0 - q) * (1.0 - 1e-6)) if best > 1 else 0
+
+    def holds(
+        self, own: bool, count: int, errors: int, latencies: int, low: float, high: float
+    ) -> bool:
+        """Whether adding requests to the own (`own`) or the baseline series keeps this
+        OK, inactive reading OK, so the trigger need not be read again yet.
+
+        `count` requests with `errors` errors and `latencies` latencies between `low` and
+        `high` (`low > high` when there are none). Invariants kept between reads: the own value
+        has not moved toward the breach since the reading, nor the bound toward the value.
+        """
+        mode = self.mode
+        if mode == NEVER or self.outcome != OK or self.state != INACTIVE:
+            return False
+        if own:
+            down = self.own_down
+        else:
+            if self.base_free:
+                return True  # the bound never passes its threshold, the value is within it
+            down = self.base_down
+        if mode == RATE:
+            # errors/count vs num/den, exactly: the rate of the sum moves the same way.
+            if own:
+                lhs, rhs = errors * self.den, self.num * count
+            else:
+                lhs, rhs = errors * self.base_den, self.base_num * count
+            return lhs <= rhs if down else lhs >= rhs
+        if mode == QUANTILE:
+            if low > high:
+                return True  # no latency: the quantile stays
+            # A value at or below the quantile's slot value lands in a slot at or below it,
+            # and then the quantile's slot cannot rise (and symmetrically).
+            ref = self.value if own else self.base_value
+            assert ref is not None
+            if high <= ref if down else low >= ref:
+                return True
+            if own or self.base_budget < latencies:
+                return False
+            self.base_budget -= latencies
+            return True
+        # COUNT: every request raises the request rate.
+        return count == 0 if down else True
+
+    def refresh(self) -> None:
+        """Bring a stale reading up to date, for display: decisions never need it. Only
+        request triggers go stale, and their reading does not depend on the clock."""
+        if self.stale:
+            self.dirty = True
+            self.read(0.0, None)
 
     def _read_presence(self, now: float, started_at: float | None) -> None:
         view = self.view

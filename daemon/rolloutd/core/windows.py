@@ -154,6 +154,7 @@ class _Ring:
     head: int | None
     views: list[Any]
     readers: list[Any]  # whoever must re-read when a sample arrives (the engine's triggers)
+    base_readers: list[Any]  # the same, for readers that use the series as their baseline
 
     def _spans_init(self, spans: Iterable[int]) -> list[int]:
         ordered = sorted(set(spans))
@@ -162,6 +163,7 @@ class _Ring:
         self.span_max = ordered[-1]
         self.head = None
         self.readers = []
+        self.base_readers = []
         return ordered
 
     def view(self, span: int) -> Any:
@@ -203,7 +205,17 @@ class _Ring:
 class RequestSeries(_Ring):
     """Requests of one (rollout, cohort): counts, errors, slow calls and latencies."""
 
-    __slots__ = ("_count", "_errors", "_hist", "_slow", "head", "readers", "span_max", "views")
+    __slots__ = (
+        "_count",
+        "_errors",
+        "_hist",
+        "_slow",
+        "base_readers",
+        "head",
+        "readers",
+        "span_max",
+        "views",
+    )
 
     def __init__(self, spans: Iterable[int], track_latency: bool = False) -> None:
         ordered = self._spans_init(spans)
@@ -415,6 +427,7 @@ class SampleSeries(_Ring):
         "_changes",
         "_samples",
         "_total",
+        "base_readers",
         "head",
         "last_bucket",
         "last_ts",
