@@ -73,3 +73,7 @@ command -v systemd-analyze >/dev/null 2>&1 || deploy_pkgs+=(systemd)
 if [ ${#deploy_pkgs[@]} -gt 0 ]; then
     apt_install prometheus "${deploy_pkgs[@]}"
 fi
+
+# The engine's hot modules compiled with mypyc (the same source; interpreted if that fails
+# or ROLLOUTD_PURE=1). Rebuilt whenever those sources change.
+.venv/bin/python scripts/compile_core.py

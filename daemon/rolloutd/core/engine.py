@@ -47,9 +47,11 @@ class EngineStats:
     ignored: int = 0  # a cohort or metric no trigger reads
 
 
-class _Snapshot(msgspec.Struct):
-    engine: msgspec.Raw
-    rollouts: dict[str, msgspec.Raw]
+# The whole-engine blob: the global part and the rollouts' parts, kept raw. Built at run
+# time so the field types are objects, not annotations (the same when compiled).
+_Snapshot: Any = msgspec.defstruct(
+    "_Snapshot", [("engine", msgspec.Raw), ("rollouts", dict[str, msgspec.Raw])]
+)
 
 
 class _Route:
@@ -484,7 +486,8 @@ class Engine:
         """A new engine for `spec` in the state `snapshot` recorded."""
         doc = msgspec.json.decode(snapshot, type=_Snapshot)
         parts = {name: bytes(part) for name, part in doc.rollouts.items()}
-        return cls.restore_parts(spec, bytes(doc.engine), parts, shortcuts=shortcuts)
+        engine = bytes(doc.engine)
+        return cls.restore_parts(spec, engine, parts, shortcuts=shortcuts)
 
     @classmethod
     def restore_parts(
