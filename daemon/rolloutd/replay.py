@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO
 
+from rolloutd import heap
 from rolloutd.core.decisions import Decision, RefusedDecision, encode
 from rolloutd.core.engine import Engine, EngineStats
 from rolloutd.core.events import Rejection, decode_one
@@ -52,6 +53,7 @@ def replay(
 ) -> ReplaySummary:
     """Replay `lines` through a fresh engine, writing decisions to `out`, problems to `err`."""
     engine = Engine(spec)
+    heap.tune()
     summary = ReplaySummary(engine=engine.stats)
     for number, line in enumerate(lines, start=1):
         summary.lines = number

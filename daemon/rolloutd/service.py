@@ -28,7 +28,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from rolloutd import logs
+from rolloutd import heap, logs
 from rolloutd.adapters.http import AdminContext, build_app
 from rolloutd.adapters.kafka import Fetched, KafkaConsumerLoop, KafkaPublisher
 from rolloutd.adapters.metrics import DaemonState, build_registry
@@ -399,6 +399,7 @@ class Service:
 
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self) -> int:
+        heap.tune()
         self.outbox.add(self.pipeline.unpublished)  # what a previous run did not send
         self.outbox.add(self.pipeline.start(self.clock()))
         self.health.started = True
