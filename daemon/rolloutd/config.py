@@ -395,6 +395,9 @@ class Sinks(_Model):
 
 class State(_Model):
     path: Text = "./rolloutd-state.db"
+    # Kafka batches that decide nothing are persisted with their offsets at most this often
+    # (every batch with 0); a crash replays at most this much from Kafka, exactly once.
+    checkpoint: Duration = 1.0
 
 
 class Http(_Model):

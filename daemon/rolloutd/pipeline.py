@@ -15,6 +15,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -83,7 +84,8 @@ class PipelineStats:
     rollbacks: Counter[tuple[str, str]] = field(default_factory=Counter)  # (rollout, trigger)
     flag_drift: Counter[str] = field(default_factory=Counter)  # by rollout
     flag_confirmed: int = 0
-    batches: int = 0
+    batches: int = 0  # commits
+    deferred: int = 0  # Kafka batches left to the next commit
 
 
 RECENT = 50  # decisions kept per rollout for the admin API
@@ -132,8 +134,14 @@ class Pipeline:
         alerts: Sequence[Alert] = (),
         cdc: CdcRouter | None = None,
         flags: FlagTableWatch | None = None,
+        checkpoint: float = 0.0,
     ) -> None:
         self.spec = spec
+        # Kafka batches that decide nothing wait up to this long (engine time) to be
+        # written; their offsets wait with them, so state and offsets always match.
+        self.checkpoint = checkpoint
+        self._pending: dict[tuple[str, int], int] = {}
+        self._written_at = -math.inf
         self.cdc = cdc  # migrations watched through CDC topics
         self.flags = flags  # the flag table, watched through its CDC topic
         self.alerts = alerts  # notifiers: every alert decision becomes outbox rows for them
@@ -183,7 +191,15 @@ class Pipeline:
                 self._ingest_cdc(topic, keys, values, now)
             else:
                 self._ingest_events("kafka", values, now)
+        if not self._outbox and now - self._written_at < self.checkpoint:
+            self._pending.update(offsets)  # replayable from Kafka: written with the next
+            self.stats.deferred += 1
+            return []
         return self._commit(offsets)
+
+    def flush(self) -> list[OutboxItem]:
+        """Write what waits for a checkpoint (at shutdown)."""
+        return self._commit({}) if self._pending else []
 
     def _ingest_cdc(
         self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes | None], now: float
@@ -474,6 +490,11 @@ class Pipeline:
         drop: set[str] | None = None,
     ) -> list[OutboxItem]:
         engine = self.engine
+        if self._pending:
+            offsets = {**self._pending, **offsets}
+            self._pending = {}
+        if engine.now is not None:
+            self._written_at = engine.now
         changed = engine.take_changed()
         if rewrite_all:
             changed = {r.spec.name for r in engine.rollouts}

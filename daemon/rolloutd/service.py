@@ -133,6 +133,7 @@ class Service:
             config.alerts,
             cdc,
             flags,
+            checkpoint=config.state.checkpoint,
         )
         self.pipeline.confirm_delay = confirm_delay.observe
         if cdc is not None:
@@ -457,6 +458,10 @@ class Service:
         return KafkaConsumerLoop(source, topics, offsets, self._on_kafka, self._state("kafka"))
 
     async def _shutdown(self) -> None:
+        try:
+            self.outbox.add(self.pipeline.flush())
+        except StoreError as exc:  # the next start re-reads those events from Kafka
+            log.error("could not write the last checkpoint: %s", exc)
         log.info("processed %s", self.pipeline.summary())
         flushed = await self.publisher.flush(self.grace)
         await self.alerts.flush(self.grace)
