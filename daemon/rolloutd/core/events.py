@@ -182,6 +182,12 @@ _ELEMENTS = msgspec.json.Decoder(list[msgspec.Raw])
 _DECODE_ERRORS = (msgspec.DecodeError, UnicodeError, RecursionError)
 
 
+# The fast path for a payload that holds one valid object: raises one of DECODE_ERRORS for
+# anything else (an array, or something to reject), which `decode_many` then sorts out.
+decode_single = _ONE.decode
+DECODE_ERRORS = _DECODE_ERRORS
+
+
 def decode_one(data: bytes | str) -> Event | Rejection:
     """Decode exactly one JSON object (a replay line) into an event, or say why not."""
     try:
