@@ -28,6 +28,7 @@ from rolloutd.adapters.notify import AlertRecord, daemon_alert, route, trigger_a
 from rolloutd.adapters.store import Batch, OutboxItem, Store
 from rolloutd.cdc import CdcRouter
 from rolloutd.config import Alert, FlagTable
+from rolloutd.core import intake
 from rolloutd.core.decisions import (
     AlertDecision,
     BreakerDecision,
@@ -40,15 +41,7 @@ from rolloutd.core.decisions import (
     whole,
 )
 from rolloutd.core.engine import Engine
-from rolloutd.core.events import (
-    DECODE_ERRORS,
-    Command,
-    CommandName,
-    Event,
-    Rejection,
-    decode_many,
-    decode_single,
-)
+from rolloutd.core.events import Command, CommandName, Event, Rejection, decode_many
 from rolloutd.core.flagwatch import CONFIRMED, FlagWatch, Observation
 from rolloutd.core.spec import EngineSpec
 
@@ -290,7 +283,7 @@ class Pipeline:
     def ingest(
         self,
         source: str,
-        payloads: Iterable[bytes | None],
+        payloads: Sequence[bytes | None],
         now: float,
         offsets: dict[tuple[str, int], int] | None = None,
     ) -> list[OutboxItem]:
@@ -298,30 +291,25 @@ class Pipeline:
         self._ingest_events(source, payloads, now)
         return self._commit(offsets or {})
 
-    def _ingest_events(self, source: str, payloads: Iterable[bytes | None], now: float) -> None:
-        stats = self.stats
-        handle = self.engine.handle
-        taken = 0
-        for payload in payloads:
-            if payload is None:
-                self._reject(source, "empty", "no payload")
-                continue
-            if len(payload) > MAX_PAYLOAD_BYTES:
-                self._reject(source, "too_large", f"{len(payload)} bytes")
-                continue
-            try:  # the common case: one valid event
-                event = decode_single(payload)
-            except DECODE_ERRORS:
-                taken += self._ingest_slowly(source, payload, now)
-                continue
-            taken += 1
-            decisions = handle(event, now)
-            if decisions:
-                self._decided_by(event, decisions, now)
-        stats.events[source] += taken
+    def _ingest_events(self, source: str, payloads: Sequence[bytes | None], now: float) -> None:
+        def slow(payload: bytes | None) -> int:
+            return self._ingest_slowly(source, payload, now)
 
-    def _ingest_slowly(self, source: str, payload: bytes, now: float) -> int:
-        """An array of events, or a payload with something to reject: the events taken."""
+        def decided(event: Event, decisions: list[Decision]) -> None:
+            self._decided_by(event, decisions, now)
+
+        taken = intake.take(self.engine, payloads, now, MAX_PAYLOAD_BYTES, slow, decided)
+        self.stats.events[source] += taken
+
+    def _ingest_slowly(self, source: str, payload: bytes | None, now: float) -> int:
+        """No payload, too large, an array of events, or something to reject: the events
+        taken."""
+        if payload is None:
+            self._reject(source, "empty", "no payload")
+            return 0
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            self._reject(source, "too_large", f"{len(payload)} bytes")
+            return 0
         events, rejections = decode_many(payload)
         for rejection in rejections:
             self._reject(source, rejection.reason, rejection.detail)
