@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, get_args
 import msgspec
 from msgspec.structs import force_setattr
 
-from rolloutd.core.events import Rejection
+from rolloutd.core.events import DECODE_ERRORS, Rejection
 
 Op = Literal["r", "c", "u", "d", "t", "m"]
 OPS: tuple[str, ...] = get_args(Op)
@@ -195,7 +195,6 @@ _KEY_WRAPPED: msgspec.json.Decoder[_Wrapped[dict[str, Any] | None]] = msgspec.js
 )
 _ANY = msgspec.json.Decoder()
 # UnicodeError: invalid UTF-8 in a string. RecursionError: nesting deeper than the limit.
-_DECODE_ERRORS = (msgspec.DecodeError, UnicodeError, RecursionError)
 
 
 _WRAPPED_PREFIXES = (b'{"schema"', b'{"payload"')
@@ -232,7 +231,7 @@ def decode_change(topic: str, key: bytes | None, value: bytes | None) -> Decoded
             event = _CHANGE_WRAPPED.decode(value).payload
         else:
             event = _CHANGE.decode(value)
-    except _DECODE_ERRORS:
+    except DECODE_ERRORS:
         return _decode_slowly(topic, key, value)
     return _with_key(event, key)
 
@@ -242,7 +241,7 @@ def _decode_other(topic: str, key: bytes | None, value: bytes) -> Decoded:
     decoders = _WRAPPED if _looks_wrapped(value) else _PLAIN
     try:
         decoded = decoders[kind].decode(value)
-    except _DECODE_ERRORS:
+    except DECODE_ERRORS:
         return _decode_slowly(topic, key, value)
     if isinstance(decoded, _Wrapped):
         decoded = decoded.payload
@@ -282,11 +281,11 @@ def _decode_key(data: bytes) -> dict[str, Any] | Rejection | None:
         if _looks_wrapped(data):
             return _KEY_WRAPPED.decode(data).payload
         return _KEY.decode(data)
-    except _DECODE_ERRORS:
+    except DECODE_ERRORS:
         pass
     try:
         key = _ANY.decode(data)
-    except _DECODE_ERRORS as err:
+    except DECODE_ERRORS as err:
         return _rejection("bad_key", f"key: {str(err) or type(err).__name__}")
     if _is_wrapper(key):
         key = key["payload"]
@@ -303,7 +302,7 @@ def _decode_slowly(topic: str, key: bytes | None, value: bytes) -> Decoded:
     """Parse generically, unwrap, pick the kind from the content, convert or explain."""
     try:
         obj = _ANY.decode(value)
-    except _DECODE_ERRORS as err:
+    except DECODE_ERRORS as err:
         return _rejection("bad_json", str(err) or type(err).__name__)
     wrapped = _is_wrapper(obj)
     if wrapped:

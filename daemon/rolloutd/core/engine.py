@@ -29,7 +29,7 @@ import msgspec
 from rolloutd.core.breaker import BreakerRuntime
 from rolloutd.core.decisions import BreakerDecision, Decision, RefusedDecision
 from rolloutd.core.events import Command, Counter, Event, Gauge, Request, Requests
-from rolloutd.core.rollout import PROGRESSING, PROMOTED, RolloutRuntime
+from rolloutd.core.rollout import RolloutRuntime
 from rolloutd.core.spec import EngineSpec, RolloutSpec, TriggerSpec
 from rolloutd.core.triggers import INACTIVE, INSUFFICIENT, BreakerView, TriggerRuntime
 from rolloutd.core.windows import RequestSeries, SampleSeries
@@ -331,7 +331,7 @@ class Engine:
                 return None
             errors = 0 if event.ok else 1
             latency = event.latency_ms
-            if not requests.add_one(bucket, errors == 1, latency):
+            if not requests.add_one(bucket, not event.ok, latency):
                 return False
             if latency is None:
                 self._wake(route, requests, 1, errors, 0, 1.0, 0.0)
@@ -372,10 +372,13 @@ class Engine:
     ) -> None:
         """Mark the triggers that must read again after requests were added to `series`."""
         shortcuts = self.shortcuts
-        args = (count, errors, latencies, low, high)
         for own, readers in ((True, series.readers), (False, series.base_readers)):
             for trig in readers:
-                if shortcuts and not trig.dirty and trig.holds(own, *args):
+                if (
+                    shortcuts
+                    and not trig.dirty
+                    and trig.holds(own, count, errors, latencies, low, high)
+                ):
                     trig.stale = True
                     continue
                 trig.dirty = True
@@ -486,8 +489,7 @@ class Engine:
         """A new engine for `spec` in the state `snapshot` recorded."""
         doc = msgspec.json.decode(snapshot, type=_Snapshot)
         parts = {name: bytes(part) for name, part in doc.rollouts.items()}
-        engine = bytes(doc.engine)
-        return cls.restore_parts(spec, engine, parts, shortcuts=shortcuts)
+        return cls.restore_parts(spec, bytes(doc.engine), parts, shortcuts=shortcuts)
 
     @classmethod
     def restore_parts(
@@ -534,12 +536,7 @@ def _due(route: _Route) -> float:
     for trig in rollout.triggers:
         if trig.state != INACTIVE:
             return -math.inf
-    phase = rollout.phase
-    if phase == PROGRESSING:
-        return rollout.step_started + rollout.spec.steps[rollout.step].hold
-    if phase == PROMOTED:
-        return rollout.step_started + rollout.spec.bake
-    return math.inf
+    return rollout.deadline()
 
 
 def _is_quiet(route: _Route) -> bool:

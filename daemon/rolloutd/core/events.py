@@ -179,20 +179,19 @@ _SYNTAX = msgspec.json.Decoder(msgspec.Raw)
 _ELEMENTS = msgspec.json.Decoder(list[msgspec.Raw])
 # UnicodeError: invalid UTF-8 in a string (bytes in) or a lone surrogate (str in).
 # RecursionError: nesting deeper than the interpreter's recursion limit.
-_DECODE_ERRORS = (msgspec.DecodeError, UnicodeError, RecursionError)
+DECODE_ERRORS = (msgspec.DecodeError, UnicodeError, RecursionError)
 
 
 # The fast path for a payload that holds one valid object: raises one of DECODE_ERRORS for
 # anything else (an array, or something to reject), which `decode_many` then sorts out.
 decode_single = _ONE.decode
-DECODE_ERRORS = _DECODE_ERRORS
 
 
 def decode_one(data: bytes | str) -> Event | Rejection:
     """Decode exactly one JSON object (a replay line) into an event, or say why not."""
     try:
         return _ONE.decode(data)
-    except _DECODE_ERRORS as err:
+    except DECODE_ERRORS as err:
         return _rejection(*_explain(data, err))
 
 
@@ -200,7 +199,7 @@ def decode_many(data: bytes | str) -> tuple[list[Event], list[Rejection]]:
     """Decode one object or a JSON array of them; a bad element rejects only itself."""
     try:
         decoded = _ONE_OR_MANY.decode(data)
-    except _DECODE_ERRORS:
+    except DECODE_ERRORS:
         return _decode_many_slowly(data)
     if isinstance(decoded, list):
         return decoded, []
@@ -214,14 +213,14 @@ def _decode_many_slowly(data: bytes | str) -> tuple[list[Event], list[Rejection]
         # Not an array: a single (bad) object, or not an object at all.
         single = decode_one(data)
         return ([], [single]) if isinstance(single, Rejection) else ([single], [])
-    except _DECODE_ERRORS as err:
+    except DECODE_ERRORS as err:
         return [], [_rejection("bad_json", str(err))]
     events: list[Event] = []
     rejections: list[Rejection] = []
     for index, element in enumerate(elements):
         try:
             events.append(_ONE.decode(element))
-        except _DECODE_ERRORS as err:
+        except DECODE_ERRORS as err:
             reason, detail = _explain(element, err)
             rejections.append(_rejection(reason, _at_index(detail, index)))
     return events, rejections
@@ -252,7 +251,7 @@ def _explain(data: bytes | str | msgspec.Raw, err: Exception) -> tuple[str, str]
     # The typed decoder stops at the first mismatch; the payload may still be broken later on.
     try:
         _SYNTAX.decode(data)
-    except _DECODE_ERRORS as syntax_err:
+    except DECODE_ERRORS as syntax_err:
         return "bad_json", str(syntax_err) or type(syntax_err).__name__
     cause = err.__cause__
     if isinstance(cause, _Invalid):

@@ -18,6 +18,7 @@ Rules:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rolloutd.core.decisions import (
@@ -245,14 +246,22 @@ class RolloutRuntime:
         # Deadlines first: they are cheap, the gate walks every trigger.
         while (
             phase == PROGRESSING
-            and now >= self.step_started + self.spec.steps[self.step].hold
+            and now >= self.deadline()
             and self._window_open(now)
             and self._gate_open()
         ):
             self._enter_step(out, now, self.step + 1, HOLD_ELAPSED)
             phase = self.phase
-        if phase == PROMOTED and now >= self.step_started + self.spec.bake and self._gate_open():
+        if phase == PROMOTED and now >= self.deadline() and self._gate_open():
             self._phase(out, now, COMPLETED, BAKE_ELAPSED)
+
+    def deadline(self) -> float:
+        """When the current hold (progressing) or the bake (promoted) ends; never otherwise."""
+        if self.phase == PROGRESSING:
+            return self.step_started + self.spec.steps[self.step].hold
+        if self.phase == PROMOTED:
+            return self.step_started + self.spec.bake
+        return math.inf
 
     def _gate_open(self) -> bool:
         return not any(trig.blocks for trig in self.triggers)

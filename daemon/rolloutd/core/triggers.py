@@ -240,7 +240,7 @@ class TriggerRuntime:
         """How many baseline latencies, of any value, may arrive before the bound could
         fall to `value`: after k more samples the q-quantile of n is still at least the
         sample of rank r - m as long as k (1 - q) <= m - 1, where r is its rank now. The
-        largest m of the form 2^i whose floor keeps the bound above `value` is chosen."""
+        largest m of the form 4^i whose floor keeps the bound above `value` is chosen."""
         fenwick = base.fenwick
         q = self.quantile
         rank = int(q * (base.latencies - 1))
