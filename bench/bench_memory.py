@@ -97,8 +97,8 @@ def histogram_cells(engine: Engine) -> int:
     """Diagnostic only (reads private fields): (slot, count) cells in every latency ring."""
     cells = 0
     for route in getattr(engine, "_routes", {}).values():
-        for series in route.requests.values():
-            ring = getattr(series, "_hist", None) or ()
+        for feed in route.requests.values():
+            ring = getattr(feed.series, "_hist", None) or ()
             cells += sum(len(h) for h in ring if h)
     return cells
 

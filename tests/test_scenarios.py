@@ -13,7 +13,7 @@ from helpers import (
     rollout,
     steady,
 )
-from rolloutd.core.spec import StepSpec, TriggerSpec
+from rolloutd.core.spec import Baseline, StepSpec, TriggerSpec
 
 
 def test_healthy_canary_walks_every_step_on_schedule() -> None:
@@ -127,6 +127,34 @@ def test_flapping_within_a_bucket_is_absorbed_by_the_resolve_delay() -> None:
     decisions += eng.handle(batch(T0 + 0.9, "canary", 5000, 5000))
     states = [d.state for d in decisions if d.kind == "trigger"]
     assert states == ["firing"]
+
+
+def test_gauge_baseline_reads_the_other_cohorts_gauge() -> None:
+    # The canary's queue grows to 3x control's: a bound of 2x control must fire, and a
+    # bound of 4x must not (both compare against control's last value, not the canary's).
+    def queue(factor: float) -> TriggerSpec:
+        return TriggerSpec(
+            name=f"queue-{factor:g}x",
+            metric="gauge:queue_depth",
+            op=">",
+            window=30.0,
+            baseline=Baseline("control", factor),
+            action="alert",
+        )
+
+    eng = engine(rollout(queue(2.0), queue(4.0), steps=(StepSpec(5, 3600), StepSpec(100))))
+
+    def traffic(ts: float) -> list:
+        canary = 100.0 if ts - T0 < 20 else 300.0
+        return [
+            event(ts=ts + 0.25, type="gauge", cohort="control", name="queue_depth", value=100.0),
+            event(ts=ts + 0.5, type="gauge", name="queue_depth", value=canary),
+        ]
+
+    decisions = drive(eng, traffic, 40)
+    fired = [(d["trigger"], d["value"], d["threshold"]) for d in kinds(decisions, "trigger")]
+    assert fired == [("queue-2x", 300.0, 200.0)]
+    assert kinds(decisions, "trigger")[0]["ts"] == T0 + 20.5
 
 
 def test_stalled_gauge_fires_unchanged() -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, cast
 
 import msgspec
 
@@ -33,6 +33,12 @@ from rolloutd.core.rollout import RolloutRuntime
 from rolloutd.core.spec import EngineSpec, RolloutSpec, TriggerSpec
 from rolloutd.core.triggers import INACTIVE, INSUFFICIENT, BreakerView, TriggerRuntime
 from rolloutd.core.windows import RequestSeries, SampleSeries
+
+# Event classes as compiled-in constants: `type(event) is _REQUEST` is then a pointer test.
+_REQUEST: Final = Request
+_REQUESTS: Final = Requests
+_GAUGE: Final = Gauge
+_COMMAND: Final = Command
 
 SNAPSHOT_VERSION = 1
 _STAT_FIELDS = ("events", "late", "too_old", "unrouted", "ignored")
@@ -52,6 +58,27 @@ class EngineStats:
 _Snapshot: Any = msgspec.defstruct(
     "_Snapshot", [("engine", msgspec.Raw), ("rollouts", dict[str, msgspec.Raw])]
 )
+
+
+class _Feed:
+    """A request series and the triggers that must read again when it takes requests."""
+
+    __slots__ = ("base_readers", "readers", "series")
+
+    def __init__(self, series: RequestSeries) -> None:
+        self.series = series
+        self.readers: list[TriggerRuntime] = []  # read it as their own cohort
+        self.base_readers: list[TriggerRuntime] = []  # read it as their baseline
+
+
+class _SampleFeed:
+    """A gauge or counter series and the triggers that read it (own cohort or baseline)."""
+
+    __slots__ = ("readers", "series")
+
+    def __init__(self, series: SampleSeries) -> None:
+        self.series = series
+        self.readers: list[TriggerRuntime] = []
 
 
 class _Route:
@@ -82,9 +109,9 @@ class _Route:
         self.woke = False
         self.due = -math.inf
         self.presence = any(t.op in ("unchanged", "absent") for t in rollout.spec.triggers)
-        self.requests: dict[str, RequestSeries] = {}
-        self.gauges: dict[tuple[str, str], SampleSeries] = {}
-        self.counters: dict[tuple[str, str], SampleSeries] = {}
+        self.requests: dict[str, _Feed] = {}
+        self.gauges: dict[tuple[str, str], _SampleFeed] = {}
+        self.counters: dict[tuple[str, str], _SampleFeed] = {}
 
 
 def _spans(triggers: Iterable[TriggerSpec], bucket: float) -> dict[tuple[str, str, str], set[int]]:
@@ -115,15 +142,15 @@ def _build_route(spec: RolloutSpec, bucket: float, breakers: dict[str, BreakerRu
     route = _Route(RolloutRuntime(spec, []))
     for (kind, cohort, name), lengths in spans.items():
         if kind == "request":
-            route.requests[cohort] = RequestSeries(lengths, cohort in latency)
+            route.requests[cohort] = _Feed(RequestSeries(lengths, cohort in latency))
         elif kind == "gauge":
-            route.gauges[(cohort, name)] = SampleSeries(lengths)
+            route.gauges[(cohort, name)] = _SampleFeed(SampleSeries(lengths))
         else:
-            route.counters[(cohort, name)] = SampleSeries(lengths)
+            route.counters[(cohort, name)] = _SampleFeed(SampleSeries(lengths))
     for trig in spec.triggers:
         if trig.metric_kind == "breaker":
-            view = BreakerView(breakers[trig.metric_name])
-            runtime = TriggerRuntime(trig, view, None, None, bucket, bucket)
+            runtime = TriggerRuntime(trig, bucket, bucket)
+            runtime.watch_breaker(BreakerView(breakers[trig.metric_name]))
         else:
             runtime = _trigger_runtime(route, trig, bucket)
         route.rollout.triggers.append(runtime)
@@ -131,30 +158,32 @@ def _build_route(spec: RolloutSpec, bucket: float, breakers: dict[str, BreakerRu
 
 
 def _trigger_runtime(route: _Route, trig: TriggerSpec, bucket: float) -> TriggerRuntime:
+    """A trigger on a window, registered to be read again when its series take samples."""
     span = max(1, round(trig.window / bucket))
-    kind = trig.metric_kind
-    if kind == "request":
-        series: RequestSeries | SampleSeries = route.requests[trig.cohort]
-        base: RequestSeries | SampleSeries | None = (
-            route.requests[trig.baseline.cohort] if trig.baseline else None
+    runtime = TriggerRuntime(trig, bucket, span * bucket)
+    baseline = trig.baseline
+    if trig.metric_kind == "request":
+        feed = route.requests[trig.cohort]
+        base = route.requests[baseline.cohort] if baseline else None
+        runtime.watch_requests(
+            feed.series.view(span), base.series.view(span) if base is not None else None
         )
-    else:
-        table = route.gauges if kind == "gauge" else route.counters
-        series = table[(trig.cohort, trig.metric_name)]
-        base = table[(trig.baseline.cohort, trig.metric_name)] if trig.baseline else None
-    sample_series = series if isinstance(series, SampleSeries) else None
-    runtime = TriggerRuntime(
-        trig,
-        series.view(span),
-        base.view(span) if base is not None else None,
-        sample_series,
-        bucket,
-        span * bucket,
+        feed.readers.append(runtime)
+        if base is not None:
+            base.base_readers.append(runtime)
+        return runtime
+    table = route.gauges if trig.metric_kind == "gauge" else route.counters
+    own = table[(trig.cohort, trig.metric_name)]
+    other = table[(baseline.cohort, trig.metric_name)] if baseline else None
+    runtime.watch_samples(
+        own.series,
+        own.series.view(span),
+        other.series if other is not None else None,
+        other.series.view(span) if other is not None else None,
     )
-    # The trigger is read again whenever a series it reads takes a sample.
-    series.readers.append(runtime)
-    if base is not None:
-        base.base_readers.append(runtime)
+    own.readers.append(runtime)
+    if other is not None:
+        other.readers.append(runtime)
     return runtime
 
 
@@ -267,12 +296,12 @@ class Engine:
             return
         route.head = bucket
         route.woke = True
-        for series in route.requests.values():
-            series.advance(bucket)
-        for sample_series in route.gauges.values():
-            sample_series.advance(bucket)
-        for sample_series in route.counters.values():
-            sample_series.advance(bucket)
+        for feed in route.requests.values():
+            feed.series.advance(bucket)
+        for sample_feed in route.gauges.values():
+            sample_feed.series.advance(bucket)
+        for sample_feed in route.counters.values():
+            sample_feed.series.advance(bucket)
         for trig in route.rollout.triggers:
             trig.dirty = True
 
@@ -281,81 +310,111 @@ class Engine:
         """Take one event at `now` (default: the later of the engine's time and the event's)."""
         ts = event.ts
         current_now = self.now
-        if now is None:
-            now = ts if current_now is None or ts > current_now else current_now
-        out = self.advance(now) if current_now is None or now > current_now else []
+        # `at` is `now` as a plain float (unboxed when compiled).
+        if now is not None:
+            at = now
+        elif current_now is None or ts > current_now:
+            at = ts
+        else:
+            at = current_now
+        bucket = self.bucket
+        current = int(at // bucket)
+        if current_now is None or (at > current_now and current > self._head):
+            out = self.advance(at)
+        else:
+            if at > current_now:
+                self.now = at  # the same bucket: nothing to evaluate on the way
+            out = []
         stats = self.stats
         stats.events += 1
-        bucket = self.bucket
-        if ts < now - bucket:
+        if ts < at - bucket:
             stats.late += 1
-        route = self._routes.get(event.rollout) if event.rollout is not None else None
-        if type(event) is Command:
-            self._command(out, route, event, now)
+        name = event.rollout
+        route = self._routes.get(name) if name is not None else None
+        kind = type(event)
+        if kind is _COMMAND:
+            self._command(out, route, cast(Command, event), at)
             return out
-        if event.service is not None and event.service in self._by_service:
-            for breaker in self._by_service[event.service]:
-                calls = breaker.calls_of(event)
-                if calls is not None:
-                    self._breaker_moved(out, breaker, breaker.record(now, *calls), now)
+        service = event.service
+        if service is not None:
+            breakers = self._by_service.get(service)
+            if breakers is not None:
+                for breaker in breakers:
+                    calls = breaker.calls_of(event)
+                    if calls is not None:
+                        self._breaker_moved(out, breaker, breaker.record(at, *calls), at)
         if route is None:
             stats.unrouted += 1
             return out
-        current = int(now // bucket)
         route.quiet = False
         route.changed = True
-        if route.head is None or route.head < current:
+        head = route.head
+        if head is None or head < current:
             self._slide(route, current)
         # An event from the future (clock skew) counts in the current bucket.
-        event_bucket = int(ts // bucket)
-        added = self._ingest(route, event, event_bucket if event_bucket < current else current)
+        event_bucket = current if ts >= at else int(ts // bucket)
+        if kind is _REQUEST:
+            added = self._request(route, cast(Request, event), event_bucket)
+        elif kind is _REQUESTS:
+            added = self._requests(route, cast(Requests, event), event_bucket)
+        else:
+            added = self._sample(route, cast(Gauge | Counter, event), event_bucket)
         if added is None:
             stats.ignored += 1
         elif not added:
             stats.too_old += 1
-        if route.woke or now >= route.due:
+        if route.woke or at >= route.due:
             route.woke = False
-            rollout = route.rollout
-            rollout.evaluate(out, now)
+            route.rollout.evaluate(out, at)
             if self.shortcuts:
                 route.due = _due(route)
         return out
 
-    def _ingest(self, route: _Route, event: Event, bucket: int) -> bool | None:
-        """Add the event to its series: None if no trigger reads it, False if too old.
+    # Adding an event to its series: None if no trigger reads it, False if too old. Each
+    # wakes the route when a trigger must be read again.
 
-        Wakes the route when a trigger must be read again."""
-        if type(event) is Request:
-            requests = route.requests.get(event.cohort)
-            if requests is None:
-                return None
-            errors = 0 if event.ok else 1
-            latency = event.latency_ms
-            if not requests.add_one(bucket, not event.ok, latency):
-                return False
-            if latency is None:
-                self._wake(route, requests, 1, errors, 0, 1.0, 0.0)
-            else:
-                self._wake(route, requests, 1, errors, 1, latency, latency)
-            return True
-        if type(event) is Requests:
-            requests = route.requests.get(event.cohort)
-            if requests is None:
-                return None
-            lats = event.latency_ms
-            if not requests.add(bucket, event.count, event.errors, event.slow, lats):
-                return False
-            low, high = (min(lats), max(lats)) if lats else (1.0, 0.0)
-            self._wake(route, requests, event.count, event.errors, len(lats), low, high)
-            return True
-        assert isinstance(event, Gauge | Counter)
-        table = route.gauges if type(event) is Gauge else route.counters
-        samples = table.get((event.cohort, event.name))
-        if samples is None:
+    def _request(self, route: _Route, event: Request, bucket: int) -> bool | None:
+        feed = route.requests.get(event.cohort)
+        if feed is None:
             return None
-        if not samples.add(bucket, event.ts, event.value):
+        ok = event.ok
+        latency = event.latency_ms
+        if not feed.series.add_one(bucket, not ok, latency):
             return False
-        for trig in (*samples.readers, *samples.base_readers):
+        errors = 0 if ok else 1
+        if latency is None:
+            self._wake(route, feed, 1, errors, 0, 1.0, 0.0)
+        else:
+            self._wake(route, feed, 1, errors, 1, latency, latency)
+        return True
+
+    def _requests(self, route: _Route, event: Requests, bucket: int) -> bool | None:
+        feed = route.requests.get(event.cohort)
+        if feed is None:
+            return None
+        lats = event.latency_ms
+        count, errors = event.count, event.errors
+        if not feed.series.add(bucket, count, errors, event.slow, lats):
+            return False
+        low, high = 1.0, 0.0  # low > high: no latencies
+        if lats:
+            low = high = lats[0]
+            for value in lats:
+                if value < low:
+                    low = value
+                elif value > high:
+                    high = value
+        self._wake(route, feed, count, errors, len(lats), low, high)
+        return True
+
+    def _sample(self, route: _Route, event: Gauge | Counter, bucket: int) -> bool | None:
+        table = route.gauges if type(event) is _GAUGE else route.counters
+        feed = table.get((event.cohort, event.name))
+        if feed is None:
+            return None
+        if not feed.series.add(bucket, event.ts, event.value):
+            return False
+        for trig in feed.readers:
             trig.dirty = True
         route.woke = True
         return True
@@ -363,24 +422,33 @@ class Engine:
     def _wake(
         self,
         route: _Route,
-        series: RequestSeries,
+        feed: _Feed,
         count: int,
         errors: int,
         latencies: int,
         low: float,
         high: float,
     ) -> None:
-        """Mark the triggers that must read again after requests were added to `series`."""
+        """Mark the triggers that must read again after requests were added to `feed`."""
         shortcuts = self.shortcuts
-        for own, readers in ((True, series.readers), (False, series.base_readers)):
-            for trig in readers:
-                if (
-                    shortcuts
-                    and not trig.dirty
-                    and trig.holds(own, count, errors, latencies, low, high)
-                ):
-                    trig.stale = True
-                    continue
+        for trig in feed.readers:
+            if (
+                shortcuts
+                and not trig.dirty
+                and trig.holds(True, count, errors, latencies, low, high)
+            ):
+                trig.stale = True
+            else:
+                trig.dirty = True
+                route.woke = True
+        for trig in feed.base_readers:
+            if (
+                shortcuts
+                and not trig.dirty
+                and trig.holds(False, count, errors, latencies, low, high)
+            ):
+                trig.stale = True
+            else:
                 trig.dirty = True
                 route.woke = True
 
@@ -464,9 +532,9 @@ class Engine:
         return msgspec.json.encode(
             {
                 "rollout": route.rollout.dump(),
-                "requests": {c: s.dump() for c, s in route.requests.items()},
-                "gauges": [[c, n, s.dump()] for (c, n), s in route.gauges.items()],
-                "counters": [[c, n, s.dump()] for (c, n), s in route.counters.items()],
+                "requests": {c: f.series.dump() for c, f in route.requests.items()},
+                "gauges": [[c, n, f.series.dump()] for (c, n), f in route.gauges.items()],
+                "counters": [[c, n, f.series.dump()] for (c, n), f in route.counters.items()],
             }
         )
 
@@ -545,18 +613,18 @@ def _is_quiet(route: _Route) -> bool:
     triggers = route.rollout.triggers
     if not triggers or any(t.outcome != INSUFFICIENT for t in triggers):
         return False
-    if any(v.count for s in route.requests.values() for v in s.views):
+    if any(v.count for f in route.requests.values() for v in f.series.views):
         return False
-    samples = (*route.gauges.values(), *route.counters.values())
-    return not any(v.samples for s in samples for v in s.views)
+    feeds = (*route.gauges.values(), *route.counters.values())
+    return not any(v.samples for f in feeds for v in f.series.views)
 
 
 def _load_route(route: _Route, data: dict[str, Any]) -> None:
     route.rollout.load(data["rollout"])
     for cohort, dump in data["requests"].items():
         if cohort in route.requests:
-            route.requests[cohort].load(dump)
+            route.requests[cohort].series.load(dump)
     for table, rows in ((route.gauges, data["gauges"]), (route.counters, data["counters"])):
         for cohort, name, dump in rows:
             if (cohort, name) in table:
-                table[(cohort, name)].load(dump)
+                table[(cohort, name)].series.load(dump)

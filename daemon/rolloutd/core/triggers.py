@@ -23,8 +23,6 @@ Rules:
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable
 from typing import Any
 
 from rolloutd.core.spec import TriggerSpec
@@ -33,15 +31,38 @@ from rolloutd.core.windows import RequestView, SampleSeries, SampleView, slot_va
 OK, BREACH, INSUFFICIENT = 0, 1, 2
 INACTIVE, PENDING, FIRING = "inactive", "pending", "firing"
 
-_COMPARE: dict[str, Callable[[float, float], bool]] = {
-    ">": operator.gt,
-    ">=": operator.ge,
-    "<": operator.lt,
-    "<=": operator.le,
-}
+# Comparison ops as small ints, so a read compares natively (compiled) without a call.
+GT, GE, LT, LE = 0, 1, 2, 3
+_OPS = {">": GT, ">=": GE, "<": LT, "<=": LE}
+# What a trigger reads, for `read`.
+ERRORS, AVAILABLE, RATE_OF_REQUESTS, LATENCY, TOTAL, LAST, BREAKER = range(7)
 _QUANTILES = {"latency_p50": 0.5, "latency_p90": 0.9, "latency_p95": 0.95, "latency_p99": 0.99}
 # How a request moves the metric, for `holds`.
 NEVER, RATE, QUANTILE, COUNT = 0, 1, 2, 3
+
+
+def compare(op: int, value: float, bound: float) -> bool:
+    """`value <op> bound` for an op of `_OPS`."""
+    if op == GT:
+        return value > bound
+    if op == GE:
+        return value >= bound
+    if op == LT:
+        return value < bound
+    return value <= bound
+
+
+def _reads(spec: TriggerSpec) -> int:
+    kind = spec.metric_kind
+    if kind == "breaker":
+        return BREAKER
+    if kind == "counter":
+        return TOTAL
+    if kind == "gauge":
+        return LAST
+    return {"error_rate": ERRORS, "availability": AVAILABLE, "request_rate": RATE_OF_REQUESTS}.get(
+        spec.metric, LATENCY
+    )
 
 
 def _mode(metric: str, kind: str, presence: bool) -> int:
@@ -69,28 +90,12 @@ class BreakerView:
         return 1.0 if self.breaker.state in ("open", "forced_open") else 0.0
 
 
-def _value_reader(spec: TriggerSpec, window_seconds: float) -> Callable[[Any], float | None]:
-    """The function that computes the trigger's metric from one view."""
-    metric = spec.metric
-    kind = spec.metric_kind
-    if kind == "breaker":
-        return lambda view: view.value()
-    if kind == "counter":
-        return lambda view: view.total
-    if kind == "gauge":
-        raise AssertionError("gauges are read through their series")
-    if metric == "error_rate":
-        return lambda view: view.errors / view.count if view.count else None
-    if metric == "availability":
-        return lambda view: 1.0 - view.errors / view.count if view.count else None
-    if metric == "request_rate":
-        return lambda view: view.count / window_seconds
-    quantile = _QUANTILES[metric]
-    return lambda view: view.quantile(quantile)
-
-
 class TriggerRuntime:
-    """One trigger of one rollout: its spec, the views it reads, its state."""
+    """One trigger of one rollout: its spec, the windows it reads, its state.
+
+    Built with its spec, then pointed at what it reads: `watch_requests`, `watch_samples` or
+    `watch_breaker` (the engine does this). Every field is typed for the compiled engine.
+    """
 
     __slots__ = (
         "base_budget",
@@ -98,25 +103,31 @@ class TriggerRuntime:
         "base_down",
         "base_free",
         "base_num",
+        "base_requests",
+        "base_sample_view",
+        "base_samples",
         "base_value",
-        "base_view",
         "bound",
+        "breaker",
         "bucket_seconds",
-        "compare",
         "den",
         "dirty",
         "factor",
         "for_",
-        "is_request",
+        "has_base",
         "min_samples",
         "mode",
         "num",
         "ok_since",
+        "op",
         "outcome",
         "own_down",
         "presence",
         "quantile",
+        "reads",
+        "requests",
         "sample_series",
+        "sample_view",
         "samples",
         "since",
         "spec",
@@ -125,41 +136,31 @@ class TriggerRuntime:
         "threshold",
         "upper",
         "value",
-        "value_of",
-        "view",
         "window_seconds",
     )
 
-    def __init__(
-        self,
-        spec: TriggerSpec,
-        view: RequestView | SampleView | BreakerView,
-        base_view: RequestView | SampleView | None,
-        sample_series: SampleSeries | None,
-        bucket_seconds: float,
-        window_seconds: float,
-    ) -> None:
+    def __init__(self, spec: TriggerSpec, bucket_seconds: float, window_seconds: float) -> None:
         self.spec = spec
-        self.view = view
-        self.base_view = base_view if spec.baseline is not None else None
-        self.sample_series = sample_series
         self.bucket_seconds = bucket_seconds
         self.window_seconds = window_seconds
+        # What it reads: set by one of the watch_* methods.
+        self.requests: RequestView | None = None
+        self.base_requests: RequestView | None = None
+        self.sample_view: SampleView | None = None
+        self.sample_series: SampleSeries | None = None
+        self.base_sample_view: SampleView | None = None
+        self.base_samples: SampleSeries | None = None
+        self.breaker: BreakerView | None = None
+        self.has_base = spec.baseline is not None
         # Hot-path copies of the spec, so a read is a few attribute loads and arithmetic.
+        self.reads = _reads(spec)
         self.presence = spec.op in ("unchanged", "absent")
-        self.is_request = isinstance(view, RequestView)
         self.min_samples = spec.min_samples
         self.threshold = spec.threshold
         self.factor = spec.baseline.factor if spec.baseline is not None else 0.0
         self.upper = spec.op in (">", ">=")
-        self.compare: Callable[[float, float], bool] = _COMPARE.get(spec.op, operator.gt)
+        self.op = _OPS.get(spec.op, GT)
         self.for_ = spec.for_
-        if spec.metric_kind == "gauge":
-            series = sample_series
-            assert series is not None
-            self.value_of: Callable[[Any], float | None] = lambda v: series.last(v.span)
-        else:
-            self.value_of = _value_reader(spec, window_seconds)
         # For `holds`: whether the measured quantity (the error rate for RATE metrics, else
         # the value) must not rise on each side, so that the value does not move toward the
         # breach and the bound does not move toward the value; and the last reading's parts.
@@ -184,7 +185,41 @@ class TriggerRuntime:
         self.samples = 0
         self.dirty = True
 
+    def watch_requests(self, own: RequestView, base: RequestView | None) -> None:
+        self.requests = own
+        self.base_requests = base if self.has_base else None
+
+    def watch_samples(
+        self,
+        own: SampleSeries,
+        own_view: SampleView,
+        base: SampleSeries | None,
+        base_view: SampleView | None,
+    ) -> None:
+        self.sample_series, self.sample_view = own, own_view
+        if self.has_base:
+            self.base_samples, self.base_sample_view = base, base_view
+
+    def watch_breaker(self, view: BreakerView) -> None:
+        self.breaker = view
+
     # -- reading ------------------------------------------------------------------------
+    def _request_value(self, view: RequestView) -> float | None:
+        reads = self.reads
+        count = view.count
+        if reads == ERRORS:
+            return view.errors / count if count else None
+        if reads == AVAILABLE:
+            return 1.0 - view.errors / count if count else None
+        if reads == RATE_OF_REQUESTS:
+            return count / self.window_seconds
+        return view.quantile(self.quantile)
+
+    def _sample_value(self, series: SampleSeries, view: SampleView) -> float | None:
+        if self.reads == TOTAL:
+            return view.total
+        return series.last(view.span)
+
     def read(self, now: float, started_at: float | None) -> None:
         """Refresh value, bound, samples and outcome from the windows."""
         if self.presence:
@@ -193,26 +228,39 @@ class TriggerRuntime:
         if not self.dirty:
             return
         self.dirty = self.stale = False
-        view = self.view
-        if self.is_request:
-            samples = self.den = view.count  # type: ignore[union-attr]
-            self.num = view.errors  # type: ignore[union-attr]
+        requests = self.requests
+        value: float | None
+        if requests is not None:
+            samples = self.den = requests.count
+            self.num = requests.errors
+            value = self._request_value(requests)
+        elif self.breaker is not None:
+            samples = 1  # a breaker always has a state
+            value = self.breaker.value()
         else:
-            samples = view.samples  # type: ignore[union-attr]
-        value = self.value_of(view)
+            series, view = self.sample_series, self.sample_view
+            assert series is not None
+            assert view is not None
+            samples = view.samples
+            value = self._sample_value(series, view)
         self.value, self.samples = value, samples
         if value is None or samples < self.min_samples:
             self.outcome = INSUFFICIENT
             return
         bound = self.threshold
-        base = self.base_view
-        if base is not None:
-            base_value = self.value_of(base)
-            if self.is_request:
-                base_samples = self.base_den = base.count  # type: ignore[union-attr]
-                self.base_num = base.errors  # type: ignore[union-attr]
+        if self.has_base:
+            base_value: float | None
+            base_requests = self.base_requests
+            if base_requests is not None:
+                base_samples = self.base_den = base_requests.count
+                self.base_num = base_requests.errors
+                base_value = self._request_value(base_requests)
             else:
-                base_samples = base.samples  # type: ignore[union-attr]
+                base_series, base_view = self.base_samples, self.base_sample_view
+                assert base_series is not None
+                assert base_view is not None
+                base_samples = base_view.samples
+                base_value = self._sample_value(base_series, base_view)
             if base_value is None or base_samples < self.min_samples:
                 self.bound = None
                 self.outcome = INSUFFICIENT
@@ -227,33 +275,38 @@ class TriggerRuntime:
                 bound = bound if bound <= relative else relative
         assert bound is not None
         self.bound = bound
+        op = self.op
         threshold = self.threshold
-        self.base_free = threshold is not None and not self.compare(value, threshold)
-        if self.compare(value, bound):
+        self.base_free = threshold is not None and not compare(op, value, threshold)
+        if compare(op, value, bound):
             self.outcome = BREACH
             return
         self.outcome = OK
-        if base is not None and self.mode == QUANTILE and self.upper and not self.base_free:
-            self.base_budget = self._base_budget(base, value)
+        if (
+            self.base_requests is not None
+            and self.mode == QUANTILE
+            and self.upper
+            and not self.base_free
+        ):
+            self.base_budget = self._base_budget(self.base_requests, value)
 
-    def _base_budget(self, base: Any, value: float) -> int:
+    def _base_budget(self, base: RequestView, value: float) -> int:
         """How many baseline latencies, of any value, may arrive before the bound could
         fall to `value`: after k more samples the q-quantile of n is still at least the
         sample of rank r - m as long as k (1 - q) <= m - 1, where r is its rank now. The
         largest m of the form 4^i whose floor keeps the bound above `value` is chosen."""
         fenwick = base.fenwick
+        assert fenwick is not None
         q = self.quantile
         rank = int(q * (base.latencies - 1))
-        threshold, factor, compare = self.threshold, self.factor, self.compare
-
-        def safe(m: int) -> bool:
-            low = factor * slot_value(fenwick.search(rank - m))
-            bound = low if threshold is None or low >= threshold else threshold
-            return not compare(value, bound)
-
+        threshold, factor, op = self.threshold, self.factor, self.op
         best = 0
         m = 1
-        while m <= rank and safe(m):
+        while m <= rank:
+            low = factor * slot_value(fenwick.search(rank - m))
+            bound = low if threshold is None or low >= threshold else threshold
+            if compare(op, value, bound):
+                break  # the bound could fall to the value: m is too many
             best = m
             m *= 4
         # The margin covers the rounding of the float rank arithmetic (int(q * (n - 1))).
@@ -309,8 +362,8 @@ class TriggerRuntime:
             self.read(0.0, None)
 
     def _read_presence(self, now: float, started_at: float | None) -> None:
-        view = self.view
-        assert isinstance(view, SampleView)
+        view = self.sample_view
+        assert view is not None
         self.dirty = False
         self.samples = view.samples
         observed = started_at is not None and now - started_at >= self.window_seconds

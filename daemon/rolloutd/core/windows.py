@@ -71,7 +71,7 @@ class _Fenwick:
         i = slot + 1
         n = HIST_SLOTS
         while i <= n:
-            tree[i] += delta
+            tree[i] = tree[i] + delta
             i += i & -i
 
     def slot_at(self, rank: int) -> int:
@@ -152,9 +152,6 @@ class _Ring:
 
     span_max: int
     head: int | None
-    views: list[Any]
-    readers: list[Any]  # whoever must re-read when a sample arrives (the engine's triggers)
-    base_readers: list[Any]  # the same, for readers that use the series as their baseline
 
     def _spans_init(self, spans: Iterable[int]) -> list[int]:
         ordered = sorted(set(spans))
@@ -162,15 +159,7 @@ class _Ring:
             raise ValueError("a series needs at least one window of >= 1 bucket")
         self.span_max = ordered[-1]
         self.head = None
-        self.readers = []
-        self.base_readers = []
         return ordered
-
-    def view(self, span: int) -> Any:
-        for view in self.views:
-            if view.span == span:
-                return view
-        raise KeyError(span)
 
     def advance(self, bucket: int) -> None:
         """Move the head forward to `bucket`, evicting what leaves each window."""
@@ -210,9 +199,7 @@ class RequestSeries(_Ring):
         "_errors",
         "_hist",
         "_slow",
-        "base_readers",
         "head",
-        "readers",
         "span_max",
         "views",
     )
@@ -229,6 +216,12 @@ class RequestSeries(_Ring):
     @property
     def tracks_latency(self) -> bool:
         return self._hist is not None
+
+    def view(self, span: int) -> RequestView:
+        for view in self.views:
+            if view.span == span:
+                return view
+        raise KeyError(span)
 
     def add(
         self,
@@ -286,9 +279,11 @@ class RequestSeries(_Ring):
         elif bucket <= head - self.span_max:
             return False
         slot = bucket % self.span_max
-        self._count[slot] += 1
+        counts = self._count
+        counts[slot] = counts[slot] + 1
         if error:
-            self._errors[slot] += 1
+            errors = self._errors
+            errors[slot] = errors[slot] + 1
         hist_ring = self._hist
         lat_slot = -1
         if hist_ring is not None and latency_ms is not None:
@@ -427,12 +422,10 @@ class SampleSeries(_Ring):
         "_changes",
         "_samples",
         "_total",
-        "base_readers",
         "head",
         "last_bucket",
         "last_ts",
         "last_value",
-        "readers",
         "span_max",
         "views",
     )
@@ -447,6 +440,12 @@ class SampleSeries(_Ring):
         self.last_ts: float | None = None
         self.last_value = 0.0
         self.last_bucket = 0
+
+    def view(self, span: int) -> SampleView:
+        for view in self.views:
+            if view.span == span:
+                return view
+        raise KeyError(span)
 
     def add(self, bucket: int, ts: float, value: float) -> bool:
         if not self._place(bucket):
