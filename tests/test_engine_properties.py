@@ -3,13 +3,13 @@ commands and restarts from snapshots."""
 
 from __future__ import annotations
 
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from helpers import T0, batch, command, error_trigger, event, rollout
 from rolloutd.core.decisions import Decision, encode
-from rolloutd.core.engine import Engine
+from rolloutd.core.engine import Engine, bucket_number
 from rolloutd.core.rollout import COMMANDS
 from rolloutd.core.spec import EngineSpec, StepSpec, TriggerSpec
 
@@ -167,3 +167,9 @@ class EngineMachine(RuleBasedStateMachine):
 
 EngineMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=60, deadline=None)
 TestEngineMachine = EngineMachine.TestCase
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e15, max_value=1e15))
+def test_bucket_numbers_of_one_second_buckets_are_floor_division(ts: float) -> None:
+    assert bucket_number(ts, 1.0) == int(ts // 1.0)
+    assert bucket_number(ts, 0.25) == int(ts // 0.25)

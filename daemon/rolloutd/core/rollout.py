@@ -19,7 +19,7 @@ Rules:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Final
 
 from rolloutd.core.decisions import (
     AlertDecision,
@@ -34,19 +34,35 @@ from rolloutd.core.schedule import SEARCH_HORIZON
 from rolloutd.core.spec import RolloutSpec
 from rolloutd.core.triggers import FIRING, INACTIVE, TriggerRuntime
 
-PENDING, PROGRESSING, PAUSED, PROMOTED = "pending", "progressing", "paused", "promoted"
-COMPLETED, ROLLED_BACK, ABORTED = "completed", "rolled_back", "aborted"
-PHASES = (PENDING, PROGRESSING, PAUSED, PROMOTED, COMPLETED, ROLLED_BACK, ABORTED)
-TERMINAL = (COMPLETED, ROLLED_BACK, ABORTED)
-ARMED = (PROGRESSING, PAUSED, PROMOTED)
-STEPPING = "stepping"
+PENDING: Final = "pending"
+PROGRESSING: Final = "progressing"
+PAUSED: Final = "paused"
+PROMOTED: Final = "promoted"
+COMPLETED: Final = "completed"
+ROLLED_BACK: Final = "rolled_back"
+ABORTED: Final = "aborted"
+PHASES: Final = (PENDING, PROGRESSING, PAUSED, PROMOTED, COMPLETED, ROLLED_BACK, ABORTED)
+TERMINAL: Final = (COMPLETED, ROLLED_BACK, ABORTED)
+ARMED: Final = (PROGRESSING, PAUSED, PROMOTED)
+STEPPING: Final = "stepping"
 
-COMMANDS = ("start", "promote", "pause", "resume", "abort", "retry", "rollback", "set_percent")
+COMMANDS: Final = (
+    "start",
+    "promote",
+    "pause",
+    "resume",
+    "abort",
+    "retry",
+    "rollback",
+    "set_percent",
+)
 # Events that are not commands: the clock and the triggers.
-HOLD_ELAPSED, BAKE_ELAPSED = "hold elapsed", "bake elapsed"
-TRIGGER_ROLLBACK, TRIGGER_PAUSE = "trigger rollback", "trigger pause"
+HOLD_ELAPSED: Final = "hold elapsed"
+BAKE_ELAPSED: Final = "bake elapsed"
+TRIGGER_ROLLBACK: Final = "trigger rollback"
+TRIGGER_PAUSE: Final = "trigger pause"
 
-_STOPPABLE = (PENDING, PROGRESSING, PAUSED, PROMOTED, COMPLETED)
+_STOPPABLE: Final = (PENDING, PROGRESSING, PAUSED, PROMOTED, COMPLETED)
 TRANSITIONS: dict[tuple[str, str], str] = {
     (PENDING, "start"): STEPPING,
     (PROGRESSING, "promote"): STEPPING,

@@ -23,22 +23,43 @@ Rules:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from rolloutd.core.spec import TriggerSpec
 from rolloutd.core.windows import RequestView, SampleSeries, SampleView, slot_value
 
-OK, BREACH, INSUFFICIENT = 0, 1, 2
-INACTIVE, PENDING, FIRING = "inactive", "pending", "firing"
+OK: Final = 0
+BREACH: Final = 1
+INSUFFICIENT: Final = 2
+INACTIVE: Final = "inactive"
+PENDING: Final = "pending"
+FIRING: Final = "firing"
 
 # Comparison ops as small ints, so a read compares natively (compiled) without a call.
-GT, GE, LT, LE = 0, 1, 2, 3
-_OPS = {">": GT, ">=": GE, "<": LT, "<=": LE}
+GT: Final = 0
+GE: Final = 1
+LT: Final = 2
+LE: Final = 3
+_OPS: Final = {">": GT, ">=": GE, "<": LT, "<=": LE}
 # What a trigger reads, for `read`.
-ERRORS, AVAILABLE, RATE_OF_REQUESTS, LATENCY, TOTAL, LAST, BREAKER = range(7)
-_QUANTILES = {"latency_p50": 0.5, "latency_p90": 0.9, "latency_p95": 0.95, "latency_p99": 0.99}
+ERRORS: Final = 0
+AVAILABLE: Final = 1
+RATE_OF_REQUESTS: Final = 2
+LATENCY: Final = 3
+TOTAL: Final = 4
+LAST: Final = 5
+BREAKER: Final = 6
+_QUANTILES: Final = {
+    "latency_p50": 0.5,
+    "latency_p90": 0.9,
+    "latency_p95": 0.95,
+    "latency_p99": 0.99,
+}
 # How a request moves the metric, for `holds`.
-NEVER, RATE, QUANTILE, COUNT = 0, 1, 2, 3
+NEVER: Final = 0
+RATE: Final = 1
+QUANTILE: Final = 2
+COUNT: Final = 3
 
 
 def compare(op: int, value: float, bound: float) -> bool:
@@ -295,15 +316,15 @@ class TriggerRuntime:
         fall to `value`: after k more samples the q-quantile of n is still at least the
         sample of rank r - m as long as k (1 - q) <= m - 1, where r is its rank now. The
         largest m of the form 4^i whose floor keeps the bound above `value` is chosen."""
-        fenwick = base.fenwick
-        assert fenwick is not None
+        histogram = base.histogram
+        assert histogram is not None
         q = self.quantile
         rank = int(q * (base.latencies - 1))
         threshold, factor, op = self.threshold, self.factor, self.op
         best = 0
         m = 1
         while m <= rank:
-            low = factor * slot_value(fenwick.search(rank - m))
+            low = factor * slot_value(histogram.search(rank - m))
             bound = low if threshold is None or low >= threshold else threshold
             if compare(op, value, bound):
                 break  # the bound could fall to the value: m is too many
