@@ -20,6 +20,9 @@ from array import array
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
+from librt.vecs import vec
+from mypy_extensions import i64
+
 # Log-bucket histogram: bucket i holds values in (gamma^(i-1), gamma^i]; its representative
 # value 2 gamma^i / (gamma + 1) is within ALPHA of every value in it.
 ALPHA: Final = 0.01
@@ -67,8 +70,8 @@ class _Histogram:
     __slots__ = ("blocks", "cache", "cache_version", "slots", "total", "version")
 
     def __init__(self) -> None:
-        self.slots = [0] * (_BLOCKS << _BLOCK_BITS)
-        self.blocks = [0] * _BLOCKS
+        self.slots = vec[i64]([0] * (_BLOCKS << _BLOCK_BITS))
+        self.blocks = vec[i64]([0] * _BLOCKS)
         self.total = 0
         self.version = 0
         self.cache: dict[int, int] = {}  # rank -> slot, valid while version == cache_version
@@ -228,9 +231,9 @@ class RequestSeries(_Ring):
         ordered = self._spans_init(spans)
         self.views: list[RequestView] = [RequestView(s, track_latency) for s in ordered]
         n = self.span_max
-        self._count = [0] * n
-        self._errors = [0] * n
-        self._slow = [0] * n
+        self._count = vec[i64]([0] * n)
+        self._errors = vec[i64]([0] * n)
+        self._slow = vec[i64]([0] * n)
         self._hist: list[_Hist | None] | None = [None] * n if track_latency else None
 
     @property
@@ -354,9 +357,9 @@ class RequestSeries(_Ring):
             if view.histogram is not None:
                 view.histogram = _Histogram()
         n = self.span_max
-        self._count = [0] * n
-        self._errors = [0] * n
-        self._slow = [0] * n
+        self._count = vec[i64]([0] * n)
+        self._errors = vec[i64]([0] * n)
+        self._slow = vec[i64]([0] * n)
         if self._hist is not None:
             self._hist = [None] * n
 
