@@ -28,6 +28,7 @@ from rolloutd.core.windows import (
     MIN_LATENCY_MS,
     RequestSeries,
     SampleSeries,
+    _frozen,
     latency_slot,
     slot_value,
 )
@@ -717,3 +718,11 @@ def test_sample_memory_is_bounded_by_the_ring() -> None:
     assert series.view(60).samples == ADDS
     assert series.view(60).total == sum(float(i % 5) for i in range(ADDS))
     assert len(series.dump()["rows"]) == 3
+
+
+def test_a_packed_bucket_keeps_counts_beyond_32_bits_as_a_dict() -> None:
+    # Buckets that take no more samples are packed into 16-bit slots and 32-bit counts;
+    # a count that does not fit keeps its bucket unpacked rather than failing.
+    slots, counts = _frozen({3: 7, 900: 2**31 - 1})
+    assert list(zip(slots, counts, strict=True)) == [(3, 7), (900, 2**31 - 1)]
+    assert _frozen({3: 7, 900: 2**31}) == {3: 7, 900: 2**31}

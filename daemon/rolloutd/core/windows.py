@@ -16,12 +16,11 @@ Rules:
 from __future__ import annotations
 
 import math
-from array import array
 from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
-from librt.vecs import vec
-from mypy_extensions import i64
+from librt.vecs import append, vec
+from mypy_extensions import i16, i32, i64
 
 # Log-bucket histogram: bucket i holds values in (gamma^(i-1), gamma^i]; its representative
 # value 2 gamma^i / (gamma + 1) is within ALPHA of every value in it.
@@ -123,12 +122,21 @@ class _Histogram:
 
 # A bucket's latency histogram: a dict while the bucket is current, then packed into two
 # arrays (slot, count), 6 bytes an entry instead of ~76 for a dict entry. A late sample
-# unpacks it again.
-_Hist = dict[int, int] | tuple["array[int]", "array[int]"]
+# unpacks it again. A bucket with a count beyond 32 bits stays a dict.
+# (A string: compiled, `vec[i16]` would be spelled `vec[int]` at import time.)
+_Hist: TypeAlias = "dict[int, int] | tuple[vec[i16], vec[i32]]"
+_I32_MAX: Final = 2**31 - 1
 
 
-def _frozen(hist: dict[int, int]) -> tuple[array[int], array[int]]:
-    return array("H", hist.keys()), array("I", hist.values())
+def _frozen(hist: dict[int, int]) -> _Hist:
+    slots = vec[i16](capacity=len(hist))
+    counts = vec[i32](capacity=len(hist))
+    for slot, count in hist.items():
+        if count > _I32_MAX:
+            return hist
+        slots = append(slots, slot)
+        counts = append(counts, count)
+    return slots, counts
 
 
 def _thawed(ring: list[_Hist | None], slot: int) -> dict[int, int]:
