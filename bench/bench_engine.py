@@ -3,7 +3,8 @@
 Three loops over the same JSON lines, in one process:
 * decode only: the typed msgspec decoder and nothing else (the floor: bench_decode's
   `decode_only_rate`, best of 3 passes);
-* decode + engine: `decode_one` then `Engine.handle`, what `rolloutd replay` does per line;
+* decode + engine: the daemon's intake loop (`rolloutd.core.intake.take`, compiled with the
+  engine): the typed decoder, then `Engine.handle` at the event's time, per payload;
 * engine only: `Engine.handle` over events decoded beforehand.
 Every engine run starts from a fresh engine. The floor is timed on each chunk of lines just
 before the engine takes that chunk, so a ratio compares the two on the same bytes at the same
@@ -41,11 +42,13 @@ from rolloutd import heap
 from rolloutd.core.decisions import Decision
 from rolloutd.core.engine import Engine
 from rolloutd.core.events import Event, Rejection, decode_one
+from rolloutd.core.intake import take
 from rolloutd.core.spec import EngineSpec
 
 TARGET_RATE = 500_000.0
 TARGET_RATIO = 0.25
 CHUNK = 20_000  # lines per paired slice (decode-only, then engine)
+MAX_BYTES = 1 << 20  # the daemon's default payload limit
 
 
 @dataclass(slots=True)
@@ -60,15 +63,16 @@ class Run:
         return self.rate / self.floor
 
 
+def _invalid(payload: bytes | None) -> int:
+    raise ValueError(f"the generator wrote an invalid event: {payload!r}")
+
+
 def _pipeline(engine: Engine, lines: Sequence[bytes], made: list[Decision]) -> float:
+    def decided(_event: Event, decisions: list[Decision]) -> None:
+        made.extend(decisions)
+
     start = time.perf_counter()
-    for line in lines:
-        event = decode_one(line)
-        if isinstance(event, Rejection):
-            raise ValueError(f"the generator wrote an invalid event: {event}")
-        out = engine.handle(event)
-        if out:
-            made.extend(out)
+    take(engine, lines, None, MAX_BYTES, _invalid, decided)
     return time.perf_counter() - start
 
 

@@ -18,12 +18,13 @@ from rolloutd.core.events import DECODE_ERRORS, Event, decode_single
 def take(
     engine: Engine,
     payloads: Sequence[bytes | None],
-    now: float,
+    now: float | None,
     max_bytes: int,
     slow: Callable[[bytes | None], int],
     decided: Callable[[Event, list[Decision]], None],
 ) -> int:
-    """Feed `payloads` to `engine` at `now`; the number of events taken."""
+    """Feed `payloads` to `engine` at `now` (None: at each event's time, as replay does);
+    the number of events taken."""
     taken = 0
     for payload in payloads:
         if payload is None or len(payload) > max_bytes:

@@ -16,7 +16,7 @@ Rules:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any, Final, TypeAlias
 
 from librt.vecs import append, vec
@@ -66,15 +66,26 @@ class _Histogram:
     baseline trigger reads the other cohort's quantile on every event of its own cohort).
     """
 
-    __slots__ = ("blocks", "cache", "cache_version", "slots", "total", "version")
+    __slots__ = (
+        "blocks",
+        "cached_rank",
+        "cached_slot",
+        "cached_version",
+        "slots",
+        "total",
+        "version",
+    )
 
     def __init__(self) -> None:
         self.slots = vec[i64]([0] * (_BLOCKS << _BLOCK_BITS))
         self.blocks = vec[i64]([0] * _BLOCKS)
         self.total = 0
         self.version = 0
-        self.cache: dict[int, int] = {}  # rank -> slot, valid while version == cache_version
-        self.cache_version = 0
+        # The last search, valid while version == cached_version: a quantile is read once
+        # per change on its own side, and on every event of the other side as a baseline.
+        self.cached_rank = -1
+        self.cached_slot = 0
+        self.cached_version = 0
 
     def add(self, slot: int, delta: int) -> None:
         self.version += 1
@@ -87,12 +98,10 @@ class _Histogram:
 
     def slot_at(self, rank: int) -> int:
         """`search`, remembered until the counts change."""
-        if self.cache_version != self.version:
-            self.cache.clear()
-            self.cache_version = self.version
-        slot = self.cache.get(rank)
-        if slot is None:
-            slot = self.cache[rank] = self.search(rank)
+        if self.cached_version == self.version and self.cached_rank == rank:
+            return self.cached_slot
+        slot = self.cached_slot = self.search(rank)
+        self.cached_rank, self.cached_version = rank, self.version
         return slot
 
     def search(self, rank: int) -> int:
@@ -260,7 +269,7 @@ class RequestSeries(_Ring):
         count: int,
         errors: int,
         slow: int = 0,
-        latencies: Sequence[float] = (),
+        latencies: tuple[float, ...] = (),
     ) -> bool:
         if not self._place(bucket):
             return False
@@ -270,24 +279,27 @@ class RequestSeries(_Ring):
         self._count[slot] += count
         self._errors[slot] += errors
         self._slow[slot] += slow
-        lat_slots: list[int] = []
-        hist_ring = self._hist
-        if hist_ring is not None and latencies:
-            hist = _thawed(hist_ring, slot)
-            for value in latencies:
-                s = latency_slot(value)
-                hist[s] = hist.get(s, 0) + 1
-                lat_slots.append(s)
         age = head - bucket
-        for view in self.views:
+        views = self.views
+        for view in views:
             if age < view.span:
                 view.count += count
                 view.errors += errors
                 view.slow += slow
-                if view.histogram is not None and lat_slots:
-                    view.latencies += len(lat_slots)
-                    for s in lat_slots:
-                        view.histogram.add(s, 1)
+        hist_ring = self._hist
+        if hist_ring is None or not latencies:
+            return True
+        hist = _thawed(hist_ring, slot)
+        for value in latencies:
+            s = latency_slot(value)
+            hist[s] = hist.get(s, 0) + 1
+            for view in views:
+                histogram = view.histogram
+                if histogram is not None and age < view.span:
+                    histogram.add(s, 1)
+        for view in views:
+            if view.histogram is not None and age < view.span:
+                view.latencies += len(latencies)
         return True
 
     def advance(self, bucket: int) -> None:
