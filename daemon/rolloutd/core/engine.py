@@ -431,26 +431,10 @@ class Engine:
     ) -> None:
         """Mark the triggers that must read again after requests were added to `feed`."""
         shortcuts = self.shortcuts
-        for trig in feed.readers:
-            if (
-                shortcuts
-                and not trig.dirty
-                and trig.holds(True, count, errors, latencies, low, high)
-            ):
-                trig.stale = True
-            else:
-                trig.dirty = True
-                route.woke = True
-        for trig in feed.base_readers:
-            if (
-                shortcuts
-                and not trig.dirty
-                and trig.holds(False, count, errors, latencies, low, high)
-            ):
-                trig.stale = True
-            else:
-                trig.dirty = True
-                route.woke = True
+        _wake_readers(route, feed.readers, True, shortcuts, count, errors, latencies, low, high)
+        _wake_readers(
+            route, feed.base_readers, False, shortcuts, count, errors, latencies, low, high
+        )
 
     # -- breakers -----------------------------------------------------------------------
     @property
@@ -592,6 +576,27 @@ class Engine:
                 _load_route(route, msgspec.json.decode(part))
                 engine._restored.add(name)
         return engine
+
+
+def _wake_readers(
+    route: _Route,
+    readers: list[TriggerRuntime],
+    own: bool,
+    shortcuts: bool,
+    count: int,
+    errors: int,
+    latencies: int,
+    low: float,
+    high: float,
+) -> None:
+    """`Engine._wake` for the triggers that read the series as their own cohort (`own`) or
+    as their baseline: a trigger the requests cannot move toward a breach only goes stale."""
+    for trig in readers:
+        if shortcuts and not trig.dirty and trig.holds(own, count, errors, latencies, low, high):
+            trig.stale = True
+        else:
+            trig.dirty = True
+            route.woke = True
 
 
 def bucket_number(ts: float, bucket: float) -> int:
