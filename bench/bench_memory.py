@@ -94,7 +94,7 @@ def measure(workload: Workload, events: int) -> Measurement:
 
 
 def histogram_cells(engine: Engine) -> int:
-    """Diagnostic only (reads private fields): (slot, count) cells in every latency ring."""
+    """Diagnostic only (reads private fields): entries in every latency ring (slot and count)."""
     cells = 0
     for route in getattr(engine, "_routes", {}).values():
         for feed in route.requests.values():

@@ -20,15 +20,18 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from librt.vecs import vec
+from mypy_extensions import i64
 
 from rolloutd.core.windows import (
+    _COMPACT_AT,
     ALPHA,
     HIST_SLOTS,
     MAX_LATENCY_MS,
     MIN_LATENCY_MS,
     RequestSeries,
     SampleSeries,
-    _frozen,
+    _compacted,
     latency_slot,
     slot_value,
 )
@@ -695,8 +698,9 @@ def test_request_memory_is_bounded_by_the_ring() -> None:
     assert len(series._count) == len(series._errors) == len(series._slow) == 5
     assert series._hist is not None
     assert len(series._hist) == 5
-    assert all(h is None or len(h) <= HIST_SLOTS for h in series._hist)
-    assert sum(len(h) for h in series._hist if h) <= 3 * HIST_SLOTS
+    # Each bucket's latency record is compacted before it passes _COMPACT_AT entries.
+    assert all(h is None or len(h) < _COMPACT_AT for h in series._hist)
+    assert len(series._open) < _COMPACT_AT
     view = series.view(5)
     assert view.histogram is not None
     assert len(view.histogram.slots) < HIST_SLOTS + 32
@@ -720,9 +724,20 @@ def test_sample_memory_is_bounded_by_the_ring() -> None:
     assert len(series.dump()["rows"]) == 3
 
 
-def test_a_packed_bucket_keeps_counts_beyond_32_bits_as_a_dict() -> None:
-    # Buckets that take no more samples are packed into 16-bit slots and 32-bit counts;
-    # a count that does not fit keeps its bucket unpacked rather than failing.
-    slots, counts = _frozen({3: 7, 900: 2**31 - 1})
-    assert list(zip(slots, counts, strict=True)) == [(3, 7), (900, 2**31 - 1)]
-    assert _frozen({3: 7, 900: 2**31}) == {3: 7, 900: 2**31}
+def test_compaction_keeps_one_entry_per_slot_and_splits_counts_beyond_32_bits() -> None:
+    # Entries are `slot << 32 | count`; a count that does not fit takes two entries.
+    mask = (1 << 32) - 1
+    raw = [(3 << 32) | 7, (900 << 32) | mask, (3 << 32) | 1, (900 << 32) | 5]
+    pairs = sorted((e >> 32, e & mask) for e in _compacted(vec[i64](raw)))
+    assert pairs == [(3, 8), (900, 5), (900, mask)]
+
+
+def test_a_bucket_count_beyond_32_bits_survives_a_snapshot() -> None:
+    series = RequestSeries([5], track_latency=True)
+    series.load({"head": 10, "rows": [[9, 1, 0, 0, [[400, 2**33 + 5]]], [10, 1, 0, 0, []]]})
+    view = series.view(5)
+    assert view.latencies == 2**33 + 5
+    assert series.dump()["rows"][0] == [9, 1, 0, 0, [[400, 2**33 + 5]]]
+    series.advance(14)  # bucket 9 leaves the window: every entry is subtracted
+    assert view.latencies == 0
+    assert view.quantile(0.5) is None

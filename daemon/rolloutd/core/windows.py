@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any, Final, TypeAlias
 
 from librt.vecs import append, vec
-from mypy_extensions import i16, i32, i64
+from mypy_extensions import i64
 
 # Log-bucket histogram: bucket i holds values in (gamma^(i-1), gamma^i]; its representative
 # value 2 gamma^i / (gamma + 1) is within ALPHA of every value in it.
@@ -129,41 +129,59 @@ class _Histogram:
         return slot
 
 
-# A bucket's latency histogram: a dict while the bucket is current, then packed into two
-# arrays (slot, count), 6 bytes an entry instead of ~76 for a dict entry. A late sample
-# unpacks it again. A bucket with a count beyond 32 bits stays a dict.
-# (A string: compiled, `vec[i16]` would be spelled `vec[int]` at import time.)
-_Hist: TypeAlias = "dict[int, int] | tuple[vec[i16], vec[i32]]"
-_I32_MAX: Final = 2**31 - 1
+# A bucket's latencies: entries `slot << 32 | count` in a `vec[i64]`. The current bucket's
+# record grows by one entry per latency (an append, no dict), and is compacted to one entry
+# per distinct slot when it reaches _COMPACT_AT entries, or when the bucket closes with more
+# than _RAW_MAX; so a record never holds more than _COMPACT_AT entries, whatever the rate.
+# A slot's count beyond 32 bits takes several entries.
+_COUNT_BITS: Final = 32
+_COUNT_MASK: Final = (1 << 32) - 1
+_RAW_MAX: Final = 64
+_COMPACT_AT: Final = 2 * HIST_SLOTS
+# (A string: compiled, `vec[i64]` would be spelled `vec[int]` at import time.)
+_Entries: TypeAlias = "vec[i64]"
+# Compaction's counting table: all zeros between calls.
+_TALLY: Final = vec[i64]([0] * HIST_SLOTS)
 
 
-def _frozen(hist: dict[int, int]) -> _Hist:
-    slots = vec[i16](capacity=len(hist))
-    counts = vec[i32](capacity=len(hist))
-    for slot, count in hist.items():
-        if count > _I32_MAX:
-            return hist
-        slots = append(slots, slot)
-        counts = append(counts, count)
-    return slots, counts
+def _compacted(entries: _Entries) -> _Entries:
+    """The same latencies, one entry per distinct slot (more if a count passes 32 bits)."""
+    tally = _TALLY
+    seen = vec[i64]()
+    for entry in entries:
+        slot = entry >> _COUNT_BITS
+        if tally[slot] == 0:
+            seen = append(seen, slot)
+        tally[slot] = tally[slot] + (entry & _COUNT_MASK)
+    out = vec[i64](capacity=len(seen))
+    for slot in seen:
+        count = tally[slot]
+        tally[slot] = 0
+        while count > _COUNT_MASK:
+            out = append(out, (slot << _COUNT_BITS) | _COUNT_MASK)
+            count -= _COUNT_MASK
+        out = append(out, (slot << _COUNT_BITS) | count)
+    return out
 
 
-def _thawed(ring: list[_Hist | None], slot: int) -> dict[int, int]:
-    hist = ring[slot]
-    if hist is None:
-        thawed: dict[int, int] = {}
-    elif isinstance(hist, dict):
-        return hist
-    else:
-        thawed = dict(zip(hist[0], hist[1], strict=True))
-    ring[slot] = thawed
-    return thawed
+def _entries(pairs: Iterable[tuple[int, int]]) -> _Entries:
+    """A record of (slot, count) pairs."""
+    out = vec[i64]()
+    for slot, count in pairs:
+        while count > 0:
+            part = min(count, _COUNT_MASK)
+            out = append(out, (slot << _COUNT_BITS) | part)
+            count -= part
+    return out
 
 
-def _pairs(hist: _Hist) -> Iterable[tuple[int, int]]:
-    if isinstance(hist, dict):
-        return hist.items()
-    return zip(hist[0], hist[1], strict=True)
+def _pairs(entries: _Entries) -> list[list[int]]:
+    """[slot, count] per distinct slot, in slot order (the snapshot's form)."""
+    counts: dict[int, int] = {}
+    for entry in entries:
+        slot = entry >> _COUNT_BITS
+        counts[slot] = counts.get(slot, 0) + (entry & _COUNT_MASK)
+    return [[slot, counts[slot]] for slot in sorted(counts)]
 
 
 class RequestView:
@@ -232,12 +250,17 @@ class _Ring:
 
 
 class RequestSeries(_Ring):
-    """Requests of one (rollout, cohort): counts, errors, slow calls and latencies."""
+    """Requests of one (rollout, cohort): counts, errors, slow calls and latencies.
+
+    The head bucket's latencies are recorded in `_open` (a field, so an append stores no
+    object); when the head moves on, that record goes into the ring, in the bucket's slot.
+    """
 
     __slots__ = (
         "_count",
         "_errors",
         "_hist",
+        "_open",
         "_slow",
         "head",
         "span_max",
@@ -251,7 +274,8 @@ class RequestSeries(_Ring):
         self._count = vec[i64]([0] * n)
         self._errors = vec[i64]([0] * n)
         self._slow = vec[i64]([0] * n)
-        self._hist: list[_Hist | None] | None = [None] * n if track_latency else None
+        self._hist: list[_Entries | None] | None = [None] * n if track_latency else None
+        self._open: _Entries = vec[i64]()
 
     @property
     def tracks_latency(self) -> bool:
@@ -289,29 +313,51 @@ class RequestSeries(_Ring):
         hist_ring = self._hist
         if hist_ring is None or not latencies:
             return True
-        hist = _thawed(hist_ring, slot)
+        record = self._record(hist_ring, slot, age)
         for value in latencies:
             s = latency_slot(value)
-            hist[s] = hist.get(s, 0) + 1
+            record = append(record, (s << _COUNT_BITS) | 1)
             for view in views:
                 histogram = view.histogram
                 if histogram is not None and age < view.span:
                     histogram.add(s, 1)
+        self._keep(hist_ring, slot, age, record)
         for view in views:
             if view.histogram is not None and age < view.span:
                 view.latencies += len(latencies)
         return True
 
+    def _record(self, hist_ring: list[_Entries | None], slot: int, age: int) -> _Entries:
+        """The latency record of the bucket `age` buckets before the head."""
+        if age == 0:
+            return self._open
+        record = hist_ring[slot]
+        return record if record is not None else vec[i64]()
+
+    def _keep(
+        self, hist_ring: list[_Entries | None], slot: int, age: int, record: _Entries
+    ) -> None:
+        """Store a record back after appending to it, compacted once it is long."""
+        if len(record) >= _COMPACT_AT:
+            record = _compacted(record)
+        if age == 0:
+            self._open = record
+        else:
+            hist_ring[slot] = record
+
     def advance(self, bucket: int) -> None:
         previous = self.head
-        super().advance(bucket)
         hist_ring = self._hist
-        if hist_ring is not None and previous is not None and bucket - previous < self.span_max:
-            # The bucket that was current takes no more on-time samples: pack it.
-            slot = previous % self.span_max
-            hist = hist_ring[slot]
-            if type(hist) is dict:
-                hist_ring[slot] = _frozen(hist)
+        if hist_ring is not None and previous is not None and bucket > previous:
+            # The head bucket takes no more on-time samples: its record joins the ring.
+            record = self._open
+            if len(record):
+                if bucket - previous < self.span_max:
+                    if len(record) > _RAW_MAX:
+                        record = _compacted(record)
+                    hist_ring[previous % self.span_max] = record
+                self._open = vec[i64]()
+        super().advance(bucket)
 
     def add_one(self, bucket: int, error: bool, latency_ms: float | None) -> bool:
         """One request: the same as `add(bucket, 1, error, 0, [latency_ms])`, faster."""
@@ -329,16 +375,17 @@ class RequestSeries(_Ring):
             errors[slot] = errors[slot] + 1
         hist_ring = self._hist
         lat_slot = -1
+        age = head - bucket
         if hist_ring is not None and latency_ms is not None:
             lat_slot = latency_slot(latency_ms)
-            hist = hist_ring[slot]
-            if hist is None:
-                hist_ring[slot] = {lat_slot: 1}
+            entry = (lat_slot << _COUNT_BITS) | 1
+            if age == 0:
+                record = append(self._open, entry)
+                if len(record) >= _COMPACT_AT:
+                    record = _compacted(record)
+                self._open = record
             else:
-                if type(hist) is not dict:
-                    hist = _thawed(hist_ring, slot)
-                hist[lat_slot] = hist.get(lat_slot, 0) + 1
-        age = head - bucket
+                self._keep(hist_ring, slot, age, append(self._record(hist_ring, slot, age), entry))
         for view in self.views:
             if age < view.span:
                 view.count += 1
@@ -352,23 +399,26 @@ class RequestSeries(_Ring):
 
     def _step(self, bucket: int) -> None:
         n = self.span_max
+        hist_ring = self._hist
         for view in self.views:
             old = (bucket - view.span) % n
             view.count -= self._count[old]
             view.errors -= self._errors[old]
             view.slow -= self._slow[old]
-            if view.histogram is not None and self._hist is not None:
-                hist = self._hist[old]
-                if hist:
-                    for s, c in _pairs(hist):
-                        view.histogram.add(s, -c)
-                        view.latencies -= c
+            histogram = view.histogram
+            if histogram is not None and hist_ring is not None:
+                record = hist_ring[old]
+                if record is not None:
+                    for entry in record:
+                        count = entry & _COUNT_MASK
+                        histogram.add(entry >> _COUNT_BITS, -count)
+                        view.latencies -= count
         slot = bucket % n
         self._count[slot] = 0
         self._errors[slot] = 0
         self._slow[slot] = 0
-        if self._hist is not None:
-            self._hist[slot] = None
+        if hist_ring is not None:
+            hist_ring[slot] = None
 
     def _reset(self) -> None:
         # Views are zeroed in place: triggers hold references to them.
@@ -382,6 +432,7 @@ class RequestSeries(_Ring):
         self._slow = vec[i64]([0] * n)
         if self._hist is not None:
             self._hist = [None] * n
+        self._open = vec[i64]()
 
     # -- snapshot -----------------------------------------------------------------------
     def dump(self) -> dict[str, Any]:
@@ -389,14 +440,17 @@ class RequestSeries(_Ring):
         rows = []
         head, n, hists = self.head, self.span_max, self._hist
         if head is not None:
+            records: list[_Entries | None] = []
+            if hists is not None:
+                records = list(hists)
+                records[head % n] = self._open
             # Find the used slots with one C-speed pass; most of a window is often empty.
             used = [i for i, c in enumerate(self._count) if c]
-            if hists is not None:
-                used += [i for i, h in enumerate(hists) if h and not self._count[i]]
+            used += [i for i, r in enumerate(records) if r and not self._count[i]]
             for slot in used:
                 b = head - (head - slot) % n
-                hist = hists[slot] if hists is not None else None
-                h = sorted(_pairs(hist)) if hist else []
+                record = records[slot] if records else None
+                h = _pairs(record) if record else []
                 rows.append([b, self._count[slot], self._errors[slot], self._slow[slot], h])
             rows.sort()
         return {"head": head, "rows": rows}
@@ -411,9 +465,8 @@ class RequestSeries(_Ring):
         self.add(bucket, count, errors, slow)
         if self._hist is None or not hist:
             return
-        slot = bucket % self.span_max
-        self._hist[slot] = {s: c for s, c in hist}
         age = (self.head or 0) - bucket
+        self._keep(self._hist, bucket % self.span_max, age, _entries((s, c) for s, c in hist))
         for view in self.views:
             if age < view.span and view.histogram is not None:
                 for s, c in hist:
