@@ -499,3 +499,13 @@ def test_decoded_events_satisfy_the_contract(value: dict[str, object]) -> None:
     elif isinstance(event, Command) and event.command == "set_percent":
         assert event.percent is not None
         assert 0 <= event.percent <= 100
+
+
+def test_every_event_class_starts_with_the_shared_fields_in_one_order() -> None:
+    # The engine reads an event as a tuple (`msgspec.structs.astuple`) at positions taken
+    # from Request and Requests; the shared fields must sit at the same places in every class.
+    shared = ("ts", "rollout", "cohort", "service")
+    for cls in (Request, Requests, Gauge, Counter, Command):
+        assert cls.__struct_fields__[: len(shared)] == shared
+    event = Requests(ts=5.0, rollout="r", cohort="control", count=3, errors=1, slow=2)
+    assert msgspec.structs.astuple(event)[4:7] == (3, 1, 2)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 
 import msgspec
+from msgspec.structs import astuple
 
 from rolloutd.core.breaker import BreakerRuntime
 from rolloutd.core.decisions import BreakerDecision, Decision, RefusedDecision
@@ -39,6 +40,20 @@ _REQUEST: Final = Request
 _REQUESTS: Final = Requests
 _GAUGE: Final = Gauge
 _COMMAND: Final = Command
+
+# An event's fields are read in one call (a tuple in declaration order), not one generic
+# attribute lookup each; the positions come from the classes, and a test pins the order.
+_fields: Final = astuple
+_TS: Final = Request.__struct_fields__.index("ts")
+_ROLLOUT: Final = Request.__struct_fields__.index("rollout")
+_COHORT: Final = Request.__struct_fields__.index("cohort")
+_SERVICE: Final = Request.__struct_fields__.index("service")
+_OK: Final = Request.__struct_fields__.index("ok")
+_LATENCY: Final = Request.__struct_fields__.index("latency_ms")
+_COUNT: Final = Requests.__struct_fields__.index("count")
+_ERRORS: Final = Requests.__struct_fields__.index("errors")
+_SLOW: Final = Requests.__struct_fields__.index("slow")
+_LATENCIES: Final = Requests.__struct_fields__.index("latency_ms")
 
 SNAPSHOT_VERSION: Final = 1
 _STAT_FIELDS: Final = ("events", "late", "too_old", "unrouted", "ignored")
@@ -63,9 +78,10 @@ _Snapshot: Any = msgspec.defstruct(
 class _Feed:
     """A request series and the triggers that must read again when it takes requests."""
 
-    __slots__ = ("base_readers", "readers", "series")
+    __slots__ = ("base_readers", "cohort", "readers", "series")
 
-    def __init__(self, series: RequestSeries) -> None:
+    def __init__(self, cohort: str, series: RequestSeries) -> None:
+        self.cohort = cohort
         self.series = series
         self.readers: list[TriggerRuntime] = []  # read it as their own cohort
         self.base_readers: list[TriggerRuntime] = []  # read it as their baseline
@@ -88,6 +104,7 @@ class _Route:
         "changed",
         "counters",
         "due",
+        "feeds",
         "gauges",
         "head",
         "presence",
@@ -110,6 +127,9 @@ class _Route:
         self.due = -math.inf
         self.presence = any(t.op in ("unchanged", "absent") for t in rollout.spec.triggers)
         self.requests: dict[str, _Feed] = {}
+        # The same feeds in a list: an event's cohort is a fresh string, and comparing it
+        # with two or three names costs less than hashing it.
+        self.feeds: list[_Feed] = []
         self.gauges: dict[tuple[str, str], _SampleFeed] = {}
         self.counters: dict[tuple[str, str], _SampleFeed] = {}
 
@@ -142,7 +162,9 @@ def _build_route(spec: RolloutSpec, bucket: float, breakers: dict[str, BreakerRu
     route = _Route(RolloutRuntime(spec, []))
     for (kind, cohort, name), lengths in spans.items():
         if kind == "request":
-            route.requests[cohort] = _Feed(RequestSeries(lengths, cohort in latency))
+            feed = _Feed(cohort, RequestSeries(lengths, cohort in latency))
+            route.requests[cohort] = feed
+            route.feeds.append(feed)
         elif kind == "gauge":
             route.gauges[(cohort, name)] = _SampleFeed(SampleSeries(lengths))
         else:
@@ -308,7 +330,12 @@ class Engine:
     # -- events -------------------------------------------------------------------------
     def handle(self, event: Event, now: float | None = None) -> list[Decision]:
         """Take one event at `now` (default: the later of the engine's time and the event's)."""
-        ts = event.ts
+        kind = type(event)
+        if kind is _COMMAND:
+            command = cast(Command, event)
+            return self._take_command(command, command.ts, command.rollout, now)
+        fields = _fields(event)
+        ts: float = fields[_TS]
         current_now = self.now
         # `at` is `now` as a plain float (unboxed when compiled).
         if now is not None:
@@ -329,20 +356,12 @@ class Engine:
         stats.events += 1
         if ts < at - bucket:
             stats.late += 1
-        name = event.rollout
+        name: str | None = fields[_ROLLOUT]
         route = self._routes.get(name) if name is not None else None
-        kind = type(event)
-        if kind is _COMMAND:
-            self._command(out, route, cast(Command, event), at)
-            return out
-        service = event.service if self._by_service else None
-        if service is not None:
-            breakers = self._by_service.get(service)
-            if breakers is not None:
-                for breaker in breakers:
-                    calls = breaker.calls_of(event)
-                    if calls is not None:
-                        self._breaker_moved(out, breaker, breaker.record(at, *calls), at)
+        if self._by_service:
+            service: str | None = fields[_SERVICE]
+            if service is not None:
+                self._breaker_calls(out, event, service, at)
         if route is None:
             stats.unrouted += 1
             return out
@@ -354,9 +373,9 @@ class Engine:
         # An event from the future (clock skew) counts in the current bucket.
         event_bucket = current if ts >= at else bucket_number(ts, bucket)
         if kind is _REQUEST:
-            added = self._request(route, cast(Request, event), event_bucket)
+            added = self._request(route, fields, event_bucket)
         elif kind is _REQUESTS:
-            added = self._requests(route, cast(Requests, event), event_bucket)
+            added = self._requests(route, fields, event_bucket)
         else:
             added = self._sample(route, cast(Gauge | Counter, event), event_bucket)
         if added is None:
@@ -370,15 +389,44 @@ class Engine:
                 route.due = _due(route)
         return out
 
-    # Adding an event to its series: None if no trigger reads it, False if too old. Each
-    # wakes the route when a trigger must be read again.
+    def _take_command(
+        self, command: Command, ts: float, name: str | None, now: float | None
+    ) -> list[Decision]:
+        """A command is applied at the engine's time (or `now`), never earlier."""
+        current_now = self.now
+        if now is not None:
+            at = now
+        elif current_now is None or ts > current_now:
+            at = ts
+        else:
+            at = current_now
+        out = self.advance(at)
+        stats = self.stats
+        stats.events += 1
+        if ts < at - self.bucket:
+            stats.late += 1
+        route = self._routes.get(name) if name is not None else None
+        self._command(out, route, command, at)
+        return out
 
-    def _request(self, route: _Route, event: Request, bucket: int) -> bool | None:
-        feed = route.requests.get(event.cohort)
+    def _breaker_calls(self, out: list[Decision], event: Event, service: str, at: float) -> None:
+        """Feed the event to the breakers of its service."""
+        breakers = self._by_service.get(service)
+        if breakers is not None:
+            for breaker in breakers:
+                calls = breaker.calls_of(event)
+                if calls is not None:
+                    self._breaker_moved(out, breaker, breaker.record(at, *calls), at)
+
+    # Adding an event to its series: None if no trigger reads it, False if too old. Each
+    # wakes the route when a trigger must be read again. `fields` is the event as a tuple.
+
+    def _request(self, route: _Route, fields: tuple[Any, ...], bucket: int) -> bool | None:
+        feed = _feed_of(route.feeds, fields[_COHORT])
         if feed is None:
             return None
-        ok = event.ok
-        latency = event.latency_ms
+        ok: bool = fields[_OK]
+        latency: float | None = fields[_LATENCY]
         if not feed.series.add_one(bucket, not ok, latency):
             return False
         errors = 0 if ok else 1
@@ -388,13 +436,14 @@ class Engine:
             self._wake(route, feed, 1, errors, 1, latency, latency)
         return True
 
-    def _requests(self, route: _Route, event: Requests, bucket: int) -> bool | None:
-        feed = route.requests.get(event.cohort)
+    def _requests(self, route: _Route, fields: tuple[Any, ...], bucket: int) -> bool | None:
+        feed = _feed_of(route.feeds, fields[_COHORT])
         if feed is None:
             return None
-        lats = event.latency_ms
-        count, errors = event.count, event.errors
-        if not feed.series.add(bucket, count, errors, event.slow, lats):
+        lats: tuple[float, ...] = fields[_LATENCIES]
+        count: int = fields[_COUNT]
+        errors: int = fields[_ERRORS]
+        if not feed.series.add(bucket, count, errors, fields[_SLOW], lats):
             return False
         low, high = 1.0, 0.0  # low > high: no latencies
         if lats:
@@ -576,6 +625,13 @@ class Engine:
                 _load_route(route, msgspec.json.decode(part))
                 engine._restored.add(name)
         return engine
+
+
+def _feed_of(feeds: list[_Feed], cohort: str) -> _Feed | None:
+    for feed in feeds:
+        if feed.cohort == cohort:
+            return feed
+    return None
 
 
 def _wake_readers(
