@@ -33,7 +33,7 @@ from rolloutd.core.events import Command, Counter, Event, Gauge, Request, Reques
 from rolloutd.core.rollout import RolloutRuntime
 from rolloutd.core.spec import EngineSpec, RolloutSpec, TriggerSpec
 from rolloutd.core.triggers import INACTIVE, INSUFFICIENT, BreakerView, TriggerRuntime
-from rolloutd.core.windows import RequestSeries, SampleSeries
+from rolloutd.core.windows import NO_BUCKET, RequestSeries, SampleSeries
 
 # Event classes as compiled-in constants: `type(event) is _REQUEST` is then a pointer test.
 _REQUEST: Final = Request
@@ -54,6 +54,10 @@ _COUNT: Final = Requests.__struct_fields__.index("count")
 _ERRORS: Final = Requests.__struct_fields__.index("errors")
 _SLOW: Final = Requests.__struct_fields__.index("slow")
 _LATENCIES: Final = Requests.__struct_fields__.index("latency_ms")
+
+# The clock before the first call. A float, not None: compiled, a `float | None` field is a
+# boxed float, unboxed at every read and allocated at every write.
+_NOT_STARTED: Final = -math.inf
 
 SNAPSHOT_VERSION: Final = 1
 _STAT_FIELDS: Final = ("events", "late", "too_old", "unrouted", "ignored")
@@ -116,7 +120,7 @@ class _Route:
 
     def __init__(self, rollout: RolloutRuntime) -> None:
         self.rollout = rollout
-        self.head: int | None = None  # the bucket every series was last slid to
+        self.head = NO_BUCKET  # the bucket every series was last slid to
         # Quiet: every window is empty and every trigger short of data, so until the next
         # event a bucket boundary cannot change anything (no state moves, the gate is shut).
         self.quiet = False
@@ -217,7 +221,7 @@ class Engine:
         self.shortcuts = shortcuts  # off only to check that they change nothing
         self.bucket = spec.bucket
         self.stats = EngineStats()
-        self.now: float | None = None  # the engine's time; None before the first call
+        self._now = _NOT_STARTED  # the engine's time
         self._head = 0  # the last bucket boundary evaluated
         self._breakers = {b.name: BreakerRuntime(b) for b in spec.breakers}
         self._by_service: dict[str, list[BreakerRuntime]] = {}
@@ -243,6 +247,12 @@ class Engine:
     def rollouts(self) -> list[RolloutRuntime]:
         return [route.rollout for route in self._order]
 
+    @property
+    def now(self) -> float | None:
+        """The engine's time; None before the first call."""
+        clock = self._now
+        return None if clock == _NOT_STARTED else clock
+
     def _bucket_of(self, ts: float) -> int:
         return bucket_number(ts, self.bucket)
 
@@ -250,9 +260,9 @@ class Engine:
     def begin(self, now: float) -> list[Decision]:
         """Set the clock and start the rollouts that start immediately."""
         out: list[Decision] = []
-        if self.now is not None:
+        if self._now != _NOT_STARTED:
             return out
-        self.now = now
+        self._now = now
         self._head = self._bucket_of(now)
         for route in self._order:
             if route.rollout.spec.start == "immediately":
@@ -263,10 +273,10 @@ class Engine:
     def start_new(self, now: float) -> list[Decision]:
         """After a restore: catch up to `now`, then start the rollouts the snapshot did not
         know (added to the config since) the way `begin` would have."""
-        if self.now is None:
+        if self._now == _NOT_STARTED:
             return self.begin(now)
         out = self.advance(now)
-        now = self.now
+        now = self._now
         for route in self._order:
             rollout = route.rollout
             if rollout.spec.name in self._restored or rollout.spec.start != "immediately":
@@ -279,13 +289,13 @@ class Engine:
     def advance(self, now: float) -> list[Decision]:
         """Evaluate every bucket boundary up to `now`, then move the clock to `now`."""
         out: list[Decision] = []
-        if self.now is None:
+        if self._now == _NOT_STARTED:
             out.extend(self.begin(now))
-        elif now > self.now:
+        elif now > self._now:
             last = self._bucket_of(now)
             if last > self._head:
                 self._ticks(out, last)
-            self.now = now
+            self._now = now
         return out
 
     def _ticks(self, out: list[Decision], last: int) -> None:
@@ -314,7 +324,8 @@ class Engine:
     @staticmethod
     def _slide(route: _Route, bucket: int) -> None:
         """Bring every series of the route to `bucket`; its triggers must read again."""
-        if route.head is not None and route.head >= bucket:
+        head = route.head
+        if head != NO_BUCKET and head >= bucket:
             return
         route.head = bucket
         route.woke = True
@@ -336,21 +347,21 @@ class Engine:
             return self._take_command(command, command.ts, command.rollout, now)
         fields = _fields(event)
         ts: float = fields[_TS]
-        current_now = self.now
+        current_now = self._now  # -inf before the first call: every ts is later
         # `at` is `now` as a plain float (unboxed when compiled).
         if now is not None:
             at = now
-        elif current_now is None or ts > current_now:
+        elif ts > current_now:
             at = ts
         else:
             at = current_now
         bucket = self.bucket
         current = bucket_number(at, bucket)
-        if current_now is None or (at > current_now and current > self._head):
+        if current_now == _NOT_STARTED or (at > current_now and current > self._head):
             out = self.advance(at)
         else:
             if at > current_now:
-                self.now = at  # the same bucket: nothing to evaluate on the way
+                self._now = at  # the same bucket: nothing to evaluate on the way
             out = []
         stats = self.stats
         stats.events += 1
@@ -368,7 +379,7 @@ class Engine:
         route.quiet = False
         route.changed = True
         head = route.head
-        if head is None or head < current:
+        if head == NO_BUCKET or head < current:
             self._slide(route, current)
         # An event from the future (clock skew) counts in the current bucket.
         event_bucket = current if ts >= at else bucket_number(ts, bucket)
@@ -393,13 +404,12 @@ class Engine:
         self, command: Command, ts: float, name: str | None, now: float | None
     ) -> list[Decision]:
         """A command is applied at the engine's time (or `now`), never earlier."""
-        current_now = self.now
         if now is not None:
             at = now
-        elif current_now is None or ts > current_now:
+        elif ts > self._now:
             at = ts
         else:
-            at = current_now
+            at = self._now
         out = self.advance(at)
         stats = self.stats
         stats.events += 1
@@ -494,7 +504,7 @@ class Engine:
         """force_open | disable | metrics_only | reset, at `now`; KeyError if unknown."""
         breaker = self._breakers[name]
         out = self.advance(now)
-        now = self.now if self.now is not None else now
+        now = self._now
         self._breaker_moved(out, breaker, breaker.command(now, command), now)
         return out
 
@@ -612,7 +622,7 @@ class Engine:
         state = msgspec.json.decode(global_part)
         if state.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported snapshot version {state.get('version')!r}")
-        engine.now = state["now"]
+        engine._now = _NOT_STARTED if state["now"] is None else state["now"]
         engine._head = state["head"]
         for field, value in zip(_STAT_FIELDS, state["stats"], strict=True):
             setattr(engine.stats, field, value)

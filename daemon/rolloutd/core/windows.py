@@ -79,15 +79,15 @@ class _Histogram:
     def __init__(self) -> None:
         self.slots = vec[i64]([0] * (_BLOCKS << _BLOCK_BITS))
         self.blocks = vec[i64]([0] * _BLOCKS)
-        self.total = 0
-        self.version = 0
+        self.total: i64 = 0
+        self.version: i64 = 0
         # The last search, valid while version == cached_version: a quantile is read once
         # per change on its own side, and on every event of the other side as a baseline.
-        self.cached_rank = -1
-        self.cached_slot = 0
-        self.cached_version = 0
+        self.cached_rank: i64 = -1
+        self.cached_slot: i64 = 0
+        self.cached_version: i64 = 0
 
-    def add(self, slot: int, delta: int) -> None:
+    def add(self, slot: i64, delta: i64) -> None:
         self.version += 1
         self.total += delta
         slots = self.slots
@@ -96,7 +96,7 @@ class _Histogram:
         block = slot >> _BLOCK_BITS
         blocks[block] = blocks[block] + delta
 
-    def slot_at(self, rank: int) -> int:
+    def slot_at(self, rank: i64) -> i64:
         """`search`, remembered until the counts change."""
         if self.cached_version == self.version and self.cached_rank == rank:
             return self.cached_slot
@@ -104,9 +104,11 @@ class _Histogram:
         self.cached_rank, self.cached_version = rank, self.version
         return slot
 
-    def search(self, rank: int) -> int:
+    def search(self, rank: i64) -> i64:
         """The smallest slot whose cumulative count exceeds `rank` (0-based, < total)."""
         blocks, slots = self.blocks, self.slots
+        block: i64
+        slot: i64
         if 2 * rank < self.total:
             block = 0
             while rank >= blocks[block]:
@@ -205,25 +207,36 @@ class RequestView:
         return slot_value(self.histogram.slot_at(rank))
 
 
+# The head of a ring that has not started yet. A plain int, not None: compiled, an
+# `int | None` field holds a boxed int, and bucket numbers (~1.8e9) unbox on a slow path.
+NO_BUCKET: Final = -(1 << 60)
+
+
 class _Ring:
     """Shared head/advance logic: subclasses keep per-bucket arrays and views."""
 
     span_max: int
-    head: int | None
+    top: int  # the head bucket, or NO_BUCKET
 
     def _spans_init(self, spans: Iterable[int]) -> list[int]:
         ordered = sorted(set(spans))
         if not ordered or ordered[0] < 1:
             raise ValueError("a series needs at least one window of >= 1 bucket")
         self.span_max = ordered[-1]
-        self.head = None
+        self.top = NO_BUCKET
         return ordered
+
+    @property
+    def head(self) -> int | None:
+        """The newest bucket the ring holds; None before its first sample or advance."""
+        top = self.top
+        return None if top == NO_BUCKET else top
 
     def advance(self, bucket: int) -> None:
         """Move the head forward to `bucket`, evicting what leaves each window."""
-        head = self.head
-        if head is None:
-            self.head = bucket
+        head = self.top
+        if head == NO_BUCKET:
+            self.top = bucket
             return
         if bucket <= head:
             return
@@ -232,15 +245,19 @@ class _Ring:
         else:
             for b in range(head + 1, bucket + 1):
                 self._step(b)
-        self.head = bucket
+        self.top = bucket
 
     def _place(self, bucket: int) -> bool:
         """Advance for a new sample; False if the sample is older than the ring."""
-        head = self.head
-        if head is None or bucket > head:
+        head = self.top
+        if head == NO_BUCKET or bucket > head:
             self.advance(bucket)
             return True
         return bucket > head - self.span_max
+
+    def _start(self, head: int | None) -> None:
+        """Set the head from a snapshot."""
+        self.top = NO_BUCKET if head is None else head
 
     def _step(self, bucket: int) -> None:
         raise NotImplementedError
@@ -262,8 +279,8 @@ class RequestSeries(_Ring):
         "_hist",
         "_open",
         "_slow",
-        "head",
         "span_max",
+        "top",
         "views",
     )
 
@@ -297,8 +314,7 @@ class RequestSeries(_Ring):
     ) -> bool:
         if not self._place(bucket):
             return False
-        head = self.head
-        assert head is not None
+        head = self.top
         slot = bucket % self.span_max
         self._count[slot] += count
         self._errors[slot] += errors
@@ -346,9 +362,9 @@ class RequestSeries(_Ring):
             hist_ring[slot] = record
 
     def advance(self, bucket: int) -> None:
-        previous = self.head
+        previous = self.top
         hist_ring = self._hist
-        if hist_ring is not None and previous is not None and bucket > previous:
+        if hist_ring is not None and previous != NO_BUCKET and bucket > previous:
             # The head bucket takes no more on-time samples: its record joins the ring.
             record = self._open
             if len(record):
@@ -361,8 +377,8 @@ class RequestSeries(_Ring):
 
     def add_one(self, bucket: int, error: bool, latency_ms: float | None) -> bool:
         """One request: the same as `add(bucket, 1, error, 0, [latency_ms])`, faster."""
-        head = self.head
-        if head is None or bucket > head:
+        head = self.top
+        if head == NO_BUCKET or bucket > head:
             self.advance(bucket)
             head = bucket
         elif bucket <= head - self.span_max:
@@ -457,7 +473,7 @@ class RequestSeries(_Ring):
 
     def load(self, data: dict[str, Any]) -> None:
         self._reset()
-        self.head = data["head"]
+        self._start(data["head"])
         for b, count, errors, slow, hist in data["rows"]:
             self._add_raw(b, count, errors, slow, hist)
 
@@ -465,7 +481,7 @@ class RequestSeries(_Ring):
         self.add(bucket, count, errors, slow)
         if self._hist is None or not hist:
             return
-        age = (self.head or 0) - bucket
+        age = self.top - bucket
         self._keep(self._hist, bucket % self.span_max, age, _entries((s, c) for s, c in hist))
         for view in self.views:
             if age < view.span and view.histogram is not None:
@@ -518,11 +534,11 @@ class SampleSeries(_Ring):
         "_changes",
         "_samples",
         "_total",
-        "head",
         "last_bucket",
         "last_ts",
         "last_value",
         "span_max",
+        "top",
         "views",
     )
 
@@ -546,8 +562,7 @@ class SampleSeries(_Ring):
     def add(self, bucket: int, ts: float, value: float) -> bool:
         if not self._place(bucket):
             return False
-        head = self.head
-        assert head is not None
+        head = self.top
         changed = self.last_ts is None or value != self.last_value
         if self.last_ts is None or ts >= self.last_ts:
             self.last_ts, self.last_value, self.last_bucket = ts, value, bucket
@@ -566,9 +581,9 @@ class SampleSeries(_Ring):
 
     def last(self, span: int) -> float | None:
         """The newest sample's value if it is inside the window of `span` buckets."""
-        if self.last_ts is None or self.head is None:
+        if self.last_ts is None or self.top == NO_BUCKET:
             return None
-        if self.last_bucket <= self.head - span:
+        if self.last_bucket <= self.top - span:
             return None
         return self.last_value
 
@@ -605,7 +620,7 @@ class SampleSeries(_Ring):
 
     def load(self, data: dict[str, Any]) -> None:
         self._reset()
-        self.head = data["head"]
+        self._start(data["head"])
         n = self.span_max
         for b, samples, total, changes in data["rows"]:
             slot = b % n
@@ -613,7 +628,7 @@ class SampleSeries(_Ring):
             self._total[slot] = total
             self._changes[slot] = changes
             for view in self.views:
-                if self.head - b < view.span:
+                if self.top - b < view.span:
                     view.samples += samples
                     view.exact_total += total
                     view.changes += changes
