@@ -343,18 +343,11 @@ class Engine:
         """Take one event at `now` (default: the later of the engine's time and the event's)."""
         kind = type(event)
         if kind is _COMMAND:
-            command = cast(Command, event)
-            return self._take_command(command, command.ts, command.rollout, now)
+            return self._take_command(cast(Command, event), now)
         fields = _fields(event)
         ts: float = fields[_TS]
-        current_now = self._now  # -inf before the first call: every ts is later
-        # `at` is `now` as a plain float (unboxed when compiled).
-        if now is not None:
-            at = now
-        elif ts > current_now:
-            at = ts
-        else:
-            at = current_now
+        current_now = self._now
+        at = _time_of(now, ts, current_now)
         bucket = self.bucket
         current = bucket_number(at, bucket)
         if current_now == _NOT_STARTED or (at > current_now and current > self._head):
@@ -400,21 +393,16 @@ class Engine:
                 route.due = _due(route)
         return out
 
-    def _take_command(
-        self, command: Command, ts: float, name: str | None, now: float | None
-    ) -> list[Decision]:
+    def _take_command(self, command: Command, now: float | None) -> list[Decision]:
         """A command is applied at the engine's time (or `now`), never earlier."""
-        if now is not None:
-            at = now
-        elif ts > self._now:
-            at = ts
-        else:
-            at = self._now
+        ts = command.ts
+        at = _time_of(now, ts, self._now)
         out = self.advance(at)
         stats = self.stats
         stats.events += 1
         if ts < at - self.bucket:
             stats.late += 1
+        name = command.rollout
         route = self._routes.get(name) if name is not None else None
         self._command(out, route, command, at)
         return out
@@ -635,6 +623,14 @@ class Engine:
                 _load_route(route, msgspec.json.decode(part))
                 engine._restored.add(name)
         return engine
+
+
+def _time_of(now: float | None, ts: float, clock: float) -> float:
+    """When an event at `ts` is taken: `now` if given, else the later of `ts` and the
+    engine's clock (-inf before the first call)."""
+    if now is not None:
+        return now
+    return ts if ts > clock else clock
 
 
 def _feed_of(feeds: list[_Feed], cohort: str) -> _Feed | None:

@@ -157,12 +157,8 @@ def _compacted(entries: _Entries) -> _Entries:
         tally[slot] = tally[slot] + (entry & _COUNT_MASK)
     out = vec[i64](capacity=len(seen))
     for slot in seen:
-        count = tally[slot]
+        out = _with_count(out, slot, tally[slot])
         tally[slot] = 0
-        while count > _COUNT_MASK:
-            out = append(out, (slot << _COUNT_BITS) | _COUNT_MASK)
-            count -= _COUNT_MASK
-        out = append(out, (slot << _COUNT_BITS) | count)
     return out
 
 
@@ -170,11 +166,17 @@ def _entries(pairs: Iterable[tuple[int, int]]) -> _Entries:
     """A record of (slot, count) pairs."""
     out = vec[i64]()
     for slot, count in pairs:
-        while count > 0:
-            part = min(count, _COUNT_MASK)
-            out = append(out, (slot << _COUNT_BITS) | part)
-            count -= part
+        out = _with_count(out, slot, count)
     return out
+
+
+def _with_count(record: _Entries, slot: i64, count: int) -> _Entries:
+    """`record` with `count` more latencies in `slot`, in entries of at most 32 bits."""
+    while count > 0:
+        part = min(count, _COUNT_MASK)
+        record = append(record, (slot << _COUNT_BITS) | part)
+        count -= part
+    return record
 
 
 def _pairs(entries: _Entries) -> list[list[int]]:
