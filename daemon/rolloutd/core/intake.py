@@ -19,7 +19,7 @@ from rolloutd.core.decisions import Decision
 from rolloutd.core.engine import Engine
 from rolloutd.core.events import DECODE_ERRORS, Event, decode_single
 
-BATCH: Final = 64  # decoded events held before the engine takes them
+BATCH: Final = 256  # decoded events held before the engine takes them
 
 
 def take(
