@@ -161,6 +161,28 @@ class TriggerRuntime:
     )
 
     def __init__(self, spec: TriggerSpec, bucket_seconds: float, window_seconds: float) -> None:
+        presence = spec.op in ("unchanged", "absent")
+        upper = spec.op in (">", ">=")
+        factor = spec.baseline.factor if spec.baseline is not None else 0.0
+        rising_is_bad = upper if spec.metric != "availability" else not upper
+        # What every request reads (`holds` and the engine's waking loop) comes first: the
+        # compiled object lays fields out in this order, so they share one or two cache lines.
+        self.dirty = True
+        self.stale = False  # value, bound and samples are older than the windows
+        # For `holds`: whether the measured quantity (the error rate for RATE metrics, else
+        # the value) must not rise on each side, so that the value does not move toward the
+        # breach and the bound does not move toward the value; and the last reading's parts.
+        # A negative factor turns the bound around: always read.
+        self.mode = NEVER if factor < 0 else _mode(spec.metric, spec.metric_kind, presence)
+        self.outcome = INSUFFICIENT
+        self.state = INACTIVE
+        self.own_down = rising_is_bad  # the own value must not rise
+        self.base_down = not rising_is_bad  # the baseline value must not rise
+        self.base_free = False  # the value is within the threshold: no baseline can matter
+        self.num = self.den = self.base_num = self.base_den = 0
+        self.value: float | None = None
+        self.base_value = 0.0
+        self.base_budget = 0  # baseline latencies that may still arrive below its quantile
         self.spec = spec
         self.bucket_seconds = bucket_seconds
         self.window_seconds = window_seconds
@@ -175,36 +197,18 @@ class TriggerRuntime:
         self.has_base = spec.baseline is not None
         # Hot-path copies of the spec, so a read is a few attribute loads and arithmetic.
         self.reads = _reads(spec)
-        self.presence = spec.op in ("unchanged", "absent")
+        self.presence = presence
         self.min_samples = spec.min_samples
         self.threshold = spec.threshold
-        self.factor = spec.baseline.factor if spec.baseline is not None else 0.0
-        self.upper = spec.op in (">", ">=")
+        self.factor = factor
+        self.upper = upper
         self.op = _OPS.get(spec.op, GT)
         self.for_ = spec.for_
-        # For `holds`: whether the measured quantity (the error rate for RATE metrics, else
-        # the value) must not rise on each side, so that the value does not move toward the
-        # breach and the bound does not move toward the value; and the last reading's parts.
-        self.mode = _mode(spec.metric, spec.metric_kind, self.presence)
-        rising_is_bad = self.upper if spec.metric != "availability" else not self.upper
-        self.own_down = rising_is_bad  # the own value must not rise
-        self.base_down = not rising_is_bad  # the baseline value must not rise
-        if self.factor < 0:
-            self.mode = NEVER  # a negative factor turns the bound around: always read
-        self.num = self.den = self.base_num = self.base_den = 0
-        self.base_value = 0.0
-        self.base_free = False  # the value is within the threshold: no baseline can matter
-        self.base_budget = 0  # baseline latencies that may still arrive below its quantile
         self.quantile = _QUANTILES.get(spec.metric, 0.0)
-        self.stale = False  # value, bound and samples are older than the windows
-        self.state = INACTIVE
         self.since: float | None = None  # when it became pending
         self.ok_since: float | None = None  # first OK reading while pending or firing
-        self.outcome = INSUFFICIENT
-        self.value: float | None = None
         self.bound: float | None = None
         self.samples = 0
-        self.dirty = True
 
     def watch_requests(self, own: RequestView, base: RequestView | None) -> None:
         self.requests = own

@@ -288,7 +288,8 @@ class RequestSeries(_Ring):
 
     def __init__(self, spans: Iterable[int], track_latency: bool = False) -> None:
         ordered = self._spans_init(spans)
-        self.views: list[RequestView] = [RequestView(s, track_latency) for s in ordered]
+        # A tuple: its items sit in the same block as its header (one cache miss, not two).
+        self.views = tuple(RequestView(s, track_latency) for s in ordered)
         n = self.span_max
         self._count = vec[i64]([0] * n)
         self._errors = vec[i64]([0] * n)
@@ -546,7 +547,7 @@ class SampleSeries(_Ring):
 
     def __init__(self, spans: Iterable[int]) -> None:
         ordered = self._spans_init(spans)
-        self.views: list[SampleView] = [SampleView(s) for s in ordered]
+        self.views = tuple(SampleView(s) for s in ordered)
         n = self.span_max
         self._samples = [0] * n
         self._total = [0] * n
