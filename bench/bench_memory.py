@@ -97,7 +97,7 @@ def histogram_cells(engine: Engine) -> int:
     """Diagnostic only (reads private fields): entries in every latency ring (slot and count)."""
     cells = 0
     for route in getattr(engine, "_routes", {}).values():
-        for feed in route.requests.values():
+        for feed in route.feeds:
             ring = getattr(feed.series, "_hist", None) or ()
             cells += sum(len(h) for h in ring if h)
     return cells

@@ -118,7 +118,6 @@ class _Route:
         "head",
         "presence",
         "quiet",
-        "requests",
         "rollout",
         "woke",
     )
@@ -135,12 +134,18 @@ class _Route:
         self.woke = False
         self.due = -math.inf
         self.presence = any(t.op in ("unchanged", "absent") for t in rollout.spec.triggers)
-        self.requests: dict[str, _Feed] = {}
-        # The same feeds in a list: an event's cohort is a fresh string, and comparing it
-        # with two or three names costs less than hashing it.
+        # Request feeds by cohort, looked up by comparing names: an event's cohort is a fresh
+        # string, and comparing it with two or three names costs less than hashing it.
         self.feeds: tuple[_Feed, ...] = ()
         self.gauges: dict[tuple[str, str], _SampleFeed] = {}
         self.counters: dict[tuple[str, str], _SampleFeed] = {}
+
+    def feed(self, cohort: str) -> _Feed:
+        """The request feed of `cohort`; KeyError if no trigger reads it."""
+        found = _feed_of(self.feeds, cohort)
+        if found is None:
+            raise KeyError(cohort)
+        return found
 
 
 def _spans(triggers: Iterable[TriggerSpec], bucket: float) -> dict[tuple[str, str, str], set[int]]:
@@ -171,9 +176,7 @@ def _build_route(spec: RolloutSpec, bucket: float, breakers: dict[str, BreakerRu
     route = _Route(RolloutRuntime(spec, []))
     for (kind, cohort, name), lengths in spans.items():
         if kind == "request":
-            feed = _Feed(cohort, RequestSeries(lengths, cohort in latency))
-            route.requests[cohort] = feed
-            route.feeds = (*route.feeds, feed)
+            route.feeds = (*route.feeds, _Feed(cohort, RequestSeries(lengths, cohort in latency)))
         elif kind == "gauge":
             route.gauges[(cohort, name)] = _SampleFeed(SampleSeries(lengths))
         else:
@@ -194,8 +197,8 @@ def _trigger_runtime(route: _Route, trig: TriggerSpec, bucket: float) -> Trigger
     runtime = TriggerRuntime(trig, bucket, span * bucket)
     baseline = trig.baseline
     if trig.metric_kind == "request":
-        feed = route.requests[trig.cohort]
-        base = route.requests[baseline.cohort] if baseline else None
+        feed = route.feed(trig.cohort)
+        base = route.feed(baseline.cohort) if baseline else None
         runtime.watch_requests(
             feed.series.view(span), base.series.view(span) if base is not None else None
         )
@@ -334,7 +337,7 @@ class Engine:
             return
         route.head = bucket
         route.woke = True
-        for feed in route.requests.values():
+        for feed in route.feeds:
             feed.series.advance(bucket)
         for sample_feed in route.gauges.values():
             sample_feed.series.advance(bucket)
@@ -570,7 +573,7 @@ class Engine:
         return msgspec.json.encode(
             {
                 "rollout": route.rollout.dump(),
-                "requests": {c: f.series.dump() for c, f in route.requests.items()},
+                "requests": {f.cohort: f.series.dump() for f in route.feeds},
                 "gauges": [[c, n, f.series.dump()] for (c, n), f in route.gauges.items()],
                 "counters": [[c, n, f.series.dump()] for (c, n), f in route.counters.items()],
             }
@@ -695,7 +698,7 @@ def _is_quiet(route: _Route) -> bool:
     triggers = route.rollout.triggers
     if not triggers or any(t.outcome != INSUFFICIENT for t in triggers):
         return False
-    if any(v.count for f in route.requests.values() for v in f.series.views):
+    if any(v.count for f in route.feeds for v in f.series.views):
         return False
     feeds = (*route.gauges.values(), *route.counters.values())
     return not any(v.samples for f in feeds for v in f.series.views)
@@ -704,8 +707,9 @@ def _is_quiet(route: _Route) -> bool:
 def _load_route(route: _Route, data: dict[str, Any]) -> None:
     route.rollout.load(data["rollout"])
     for cohort, dump in data["requests"].items():
-        if cohort in route.requests:
-            route.requests[cohort].series.load(dump)
+        feed = _feed_of(route.feeds, cohort)
+        if feed is not None:
+            feed.series.load(dump)
     for table, rows in ((route.gauges, data["gauges"]), (route.counters, data["counters"])):
         for cohort, name, dump in rows:
             if (cohort, name) in table:

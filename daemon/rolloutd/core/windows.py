@@ -397,14 +397,8 @@ class RequestSeries(_Ring):
         age = head - bucket
         if hist_ring is not None and latency_ms is not None:
             lat_slot = latency_slot(latency_ms)
-            entry = (lat_slot << _COUNT_BITS) | 1
-            if age == 0:
-                record = append(self._open, entry)
-                if len(record) >= _COMPACT_AT:
-                    record = _compacted(record)
-                self._open = record
-            else:
-                self._keep(hist_ring, slot, age, append(self._record(hist_ring, slot, age), entry))
+            record = append(self._record(hist_ring, slot, age), (lat_slot << _COUNT_BITS) | 1)
+            self._keep(hist_ring, slot, age, record)
         for view in self.views:
             if age < view.span:
                 view.count += 1
