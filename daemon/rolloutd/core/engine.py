@@ -4,7 +4,11 @@ Rules:
 * A function of (state, event, now) -> (state, decisions): no clock, no I/O. The caller says
   what time it is; replay uses event times, the daemon its wall clock.
 * Time only moves forward. `advance(now)` evaluates every bucket boundary up to `now` (a
-  boundary that coincides with an event is evaluated before the event). An event older than
+  boundary that coincides with an event is evaluated before the event).
+* Every evaluation point (each bucket boundary, each event, each command) evaluates every
+  armed rollout, rollout by rollout in config order; a command is applied to its rollout
+  at that rollout's turn, just before its evaluation. The first event also starts the
+  rollouts that start immediately, each at its turn. An event older than
   the engine's time goes into its own bucket if that bucket is still in the windows, and is
   counted as late; a command is always applied at the engine's time.
 * Only the series some trigger reads are kept: (rollout, cohort) for requests,
@@ -13,8 +17,11 @@ Rules:
   engine continues exactly where the old one stopped.
 * Shortcuts that change no decision (`shortcuts=False` turns them off, for tests that prove
   it): quiet rollouts skip bucket boundaries; a request that cannot move a trigger toward a
-  breach does not make it read again (`TriggerRuntime.holds`); and an event evaluates its
-  rollout only if a trigger must be read, one is pending or firing, or a hold or bake is due.
+  breach does not make it read again (`TriggerRuntime.holds`); and an event evaluates a
+  rollout only if one of its triggers must be read or its `due` has come: the earliest time
+  its state could move on the clock alone (a hold, bake, `for`, resolve or schedule
+  deadline). The earliest `due` of all rollouts is kept, so an event that meets no deadline
+  evaluates its own rollout at most: O(1), not O(rollouts).
 """
 
 from __future__ import annotations
@@ -116,7 +123,6 @@ class _Route:
         "feeds",
         "gauges",
         "head",
-        "presence",
         "quiet",
         "rollout",
         "woke",
@@ -133,7 +139,6 @@ class _Route:
         # come; -inf means "always", and anything but an event's own evaluation resets it.
         self.woke = False
         self.due = -math.inf
-        self.presence = any(t.op in ("unchanged", "absent") for t in rollout.spec.triggers)
         # Request feeds by cohort, looked up by comparing names: an event's cohort is a fresh
         # string, and comparing it with two or three names costs less than hashing it.
         self.feeds: tuple[_Feed, ...] = ()
@@ -246,6 +251,9 @@ class Engine:
                     self._breaker_readers.setdefault(trig.spec.metric_name, []).append(route)
         self._order = list(self._routes.values())
         self._restored: set[str] = set()  # rollouts whose state came from a snapshot
+        # No rollout's `due` is earlier than this (it may be earlier than the true minimum,
+        # which only costs a pass over the rollouts that recomputes it).
+        self._due_min = -math.inf
 
     # -- introspection ------------------------------------------------------------------
     def rollout(self, name: str) -> RolloutRuntime:
@@ -270,13 +278,17 @@ class Engine:
         out: list[Decision] = []
         if self._now != _NOT_STARTED:
             return out
-        self._now = now
-        self._head = self._bucket_of(now)
+        self._start_clock(now)
         for route in self._order:
             if route.rollout.spec.start == "immediately":
                 route.rollout.start(out, now, "start")
                 route.changed = True
         return out
+
+    def _start_clock(self, now: float) -> None:
+        self._now = now
+        self._head = self._bucket_of(now)
+        self._due_min = -math.inf  # the first evaluation point evaluates every rollout
 
     def start_new(self, now: float) -> list[Decision]:
         """After a restore: catch up to `now`, then start the rollouts the snapshot did not
@@ -292,6 +304,7 @@ class Engine:
             rollout.start(out, now, "start")
             self._restored.add(rollout.spec.name)
             route.changed = True
+            route.due = self._due_min = -math.inf
         return out
 
     def advance(self, now: float) -> list[Decision]:
@@ -314,20 +327,74 @@ class Engine:
             if not routes and not waiting:
                 break  # a long silence costs nothing once every rollout is quiet
             boundary = b * bucket
+            moved = False
             for breaker in waiting:  # the only move time makes on its own: open -> half_open
-                self._breaker_moved(out, breaker, breaker.advance(boundary), boundary)
+                moved = self._breaker_moved(out, breaker, breaker.advance(boundary)) or moved
+            if moved:
+                routes = [r for r in self._order if r.rollout.armed and not r.quiet]
             for route in routes:
                 self._slide(route, b)
-                before = len(out)
-                rollout = route.rollout
-                rollout.evaluate(out, boundary)
-                if len(out) > before or any(t.state != INACTIVE for t in rollout.triggers):
-                    route.changed = True
-                route.due = -math.inf
+                self._evaluate(route, out, boundary)
                 if self.shortcuts:
                     route.quiet = _is_quiet(route)
             routes = [r for r in routes if r.rollout.armed and not r.quiet]
         self._head = max(self._head, last)
+        self._due_min = self._earliest_due()
+
+    def _evaluate(self, route: _Route, out: list[Decision], now: float) -> None:
+        """One rollout at one evaluation point (its windows already at `now`'s bucket)."""
+        rollout = route.rollout
+        route.woke = False
+        if not rollout.armed:
+            route.due = math.inf
+            return
+        before = len(out)
+        rollout.evaluate(out, now)
+        if len(out) > before or any(t.state != INACTIVE for t in rollout.triggers):
+            route.changed = True
+        route.due = _due(route, now) if self.shortcuts else -math.inf
+
+    def _pass(
+        self,
+        out: list[Decision],
+        now: float,
+        starting: bool = False,
+        command: Command | None = None,
+        target: _Route | None = None,
+    ) -> None:
+        """An evaluation point at `now`: every armed rollout in config order, each read if
+        a trigger woke or its `due` has come. `starting`: the first event, which starts the
+        rollouts that start immediately; `command` is applied to `target` at its turn."""
+        shortcuts = self.shortcuts
+        current = self._bucket_of(now)
+        due_min = math.inf
+        for route in self._order:
+            rollout = route.rollout
+            forced = False
+            if starting and rollout.spec.start == "immediately":
+                rollout.start(out, now, "start")
+                route.changed = forced = True
+            if route is target and command is not None:
+                self._command(out, route, command, now)
+                forced = True
+            if not rollout.armed:
+                route.due = math.inf
+                continue
+            if forced or route.woke or now >= route.due or not shortcuts:
+                head = route.head
+                if head == NO_BUCKET or head < current:
+                    self._slide(route, current)
+                self._evaluate(route, out, now)
+            if route.due < due_min:
+                due_min = route.due
+        self._due_min = due_min
+
+    def _earliest_due(self) -> float:
+        due_min = math.inf
+        for route in self._order:
+            if route.rollout.armed and route.due < due_min:
+                due_min = route.due
+        return due_min
 
     @staticmethod
     def _slide(route: _Route, bucket: int) -> None:
@@ -358,7 +425,11 @@ class Engine:
         at = _time_of(now, ts, current_now)
         bucket = self.bucket
         current = bucket_number(at, bucket)
-        if current_now == _NOT_STARTED or (at > current_now and current > self._head):
+        starting = current_now == _NOT_STARTED
+        if starting:
+            self._start_clock(at)
+            out: list[Decision] = []
+        elif at > current_now and current > self._head:
             out = self.advance(at)
         else:
             if at > current_now:
@@ -376,6 +447,8 @@ class Engine:
                 self._breaker_calls(out, event, service, at)
         if route is None:
             stats.unrouted += 1
+            if starting or at >= self._due_min or not self.shortcuts:
+                self._pass(out, at, starting)
             return out
         route.quiet = False
         route.changed = True
@@ -394,25 +467,43 @@ class Engine:
             stats.ignored += 1
         elif not added:
             stats.too_old += 1
-        if route.woke or at >= route.due:
-            route.woke = False
-            route.rollout.evaluate(out, at)
-            if self.shortcuts:
-                route.due = _due(route)
+        if starting or at >= self._due_min or not self.shortcuts:
+            self._pass(out, at, starting)
+        elif route.woke:
+            # No rollout is due, so no other one can decide anything: this one alone.
+            self._evaluate(route, out, at)
+            if route.due < self._due_min:
+                self._due_min = route.due
         return out
 
     def _take_command(self, command: Command, now: float | None) -> list[Decision]:
         """A command is applied at the engine's time (or `now`), never earlier."""
         ts = command.ts
         at = _time_of(now, ts, self._now)
-        out = self.advance(at)
+        starting = self._now == _NOT_STARTED
+        if starting:
+            self._start_clock(at)
+            out: list[Decision] = []
+        else:
+            out = self.advance(at)
         stats = self.stats
         stats.events += 1
         if ts < at - self.bucket:
             stats.late += 1
         name = command.rollout
         route = self._routes.get(name) if name is not None else None
-        self._command(out, route, command, at)
+        self._pass(out, at, starting, command, route)
+        if route is None:  # after the configured rollouts' decisions at this instant
+            out.append(
+                RefusedDecision(
+                    ts=at,
+                    kind="refused",
+                    rollout=name or "",
+                    command=command.command,
+                    reason=f"unknown rollout {name!r}",
+                    actor=command.actor,
+                )
+            )
         return out
 
     def _breaker_calls(self, out: list[Decision], event: Event, service: str, at: float) -> None:
@@ -422,7 +513,7 @@ class Engine:
             for breaker in breakers:
                 calls = breaker.calls_of(event)
                 if calls is not None:
-                    self._breaker_moved(out, breaker, breaker.record(at, *calls), at)
+                    self._breaker_moved(out, breaker, breaker.record(at, *calls))
 
     # Adding an event to its series: None if no trigger reads it, False if too old. Each
     # wakes the route when a trigger must be read again. `fields` is the event as a tuple.
@@ -503,52 +594,32 @@ class Engine:
         breaker = self._breakers[name]
         out = self.advance(now)
         now = self._now
-        self._breaker_moved(out, breaker, breaker.command(now, command), now)
+        self._breaker_moved(out, breaker, breaker.command(now, command))
+        self._pass(out, now)
         return out
 
     def _breaker_moved(
-        self,
-        out: list[Decision],
-        breaker: BreakerRuntime,
-        decisions: list[BreakerDecision],
-        now: float,
-    ) -> None:
-        """Record the breaker's decisions and evaluate the rollouts that watch it."""
+        self, out: list[Decision], breaker: BreakerRuntime, decisions: list[BreakerDecision]
+    ) -> bool:
+        """Record the breaker's decisions and wake the rollouts that watch it (the caller's
+        evaluation point evaluates them, in config order); whether it moved."""
         if not decisions:
-            return
+            return False
         out.extend(decisions)
         for route in self._breaker_readers.get(breaker.spec.name, ()):
-            route.due = -math.inf
             for trig in route.rollout.triggers:
                 trig.dirty = True
-            if route.rollout.armed:
-                route.changed = True
-                route.quiet = False
-                self._slide(route, self._bucket_of(now))
-                route.rollout.evaluate(out, now)
+            route.woke = True
+            route.quiet = False
+            route.changed = True
+        self._due_min = -math.inf
+        return True
 
-    def _command(self, out: list[Decision], route: _Route | None, cmd: Command, now: float) -> None:
-        if route is None:
-            out.append(
-                RefusedDecision(
-                    ts=now,
-                    kind="refused",
-                    rollout=cmd.rollout or "",
-                    command=cmd.command,
-                    reason=f"unknown rollout {cmd.rollout!r}",
-                    actor=cmd.actor,
-                )
-            )
-            return
+    def _command(self, out: list[Decision], route: _Route, cmd: Command, now: float) -> None:
         rollout = route.rollout
         route.quiet = False
         route.changed = True
-        route.due = -math.inf
         rollout.command(out, now, cmd.command, cmd.actor, cmd.percent, cmd.full)
-        if rollout.armed:
-            # A command may open the gate (resume) or arm triggers (start, retry).
-            self._slide(route, self._bucket_of(now))
-            rollout.evaluate(out, now)
 
     # -- snapshot -----------------------------------------------------------------------
     # A snapshot has a small global part (clock, counters) and one part per rollout, so a
@@ -679,17 +750,31 @@ def bucket_number(ts: float, bucket: float) -> int:
     return int(ts // bucket)
 
 
-def _due(route: _Route) -> float:
-    """When an event must next evaluate the rollout even if no trigger woke: -inf while
-    something depends on the clock (a schedule, a presence trigger, a trigger pending,
-    firing or waiting out its hysteresis), else the end of the hold or bake, else never."""
+def _due(route: _Route, now: float) -> float:
+    """When the armed rollout must next be evaluated even if no trigger wakes: the earliest
+    time its state could move on the clock alone, after an evaluation at `now`.
+
+    A trigger's `next_change`; the end of the hold or bake; once that has passed (the gate
+    or the advance window kept the step), the window's reopening: the gate opens only when
+    a trigger moves, which is a wake or a `next_change`. A schedule waits for `start_at`.
+    """
     rollout = route.rollout
-    if rollout.scheduled or route.presence:
-        return -math.inf
+    if rollout.scheduled:
+        start_at = rollout.spec.start_at
+        return -math.inf if start_at is None else start_at
+    due = math.inf
+    started_at = rollout.started_at
     for trig in rollout.triggers:
-        if trig.state != INACTIVE:
-            return -math.inf
-    return rollout.deadline()
+        change = trig.next_change(now, started_at)
+        if change < due:
+            due = change
+    deadline = rollout.deadline()
+    if deadline > now:
+        return deadline if deadline < due else due
+    shut_from, shut_until = rollout.window_shut
+    if shut_from <= now < shut_until and shut_until < due:
+        return shut_until
+    return due
 
 
 def _is_quiet(route: _Route) -> bool:

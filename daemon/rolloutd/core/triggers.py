@@ -6,9 +6,11 @@ Rules:
 * The bound is the threshold, the baseline (factor x the other cohort's value over the same
   window), or both: max(...) for > and >=, min(...) for < and <=.
 * States: inactive -> pending (breach, `for` not yet elapsed) -> firing. `for: 0` goes
-  straight to firing. A pending or firing trigger returns to inactive only once the
-  condition has been false for one full bucket, so a metric that flaps faster than that
-  does not flap the trigger.
+  straight to firing. A pending trigger whose condition reads false goes inactive at once
+  (its `for` starts again at the next breach); a firing one returns to inactive only once
+  the condition has been false for one full bucket, so a firing trigger does not flap.
+* Insufficient data neither breaks nor completes a streak: the `for` and resolve clocks
+  keep running, and the transition they call for happens at the next sufficient reading.
 * `unchanged` / `absent` read gauges and counters and can only be true once a whole window
   has been observed since the rollout started.
 * Readings are cached: a trigger is re-read only when a series it reads changed (`dirty`)
@@ -23,6 +25,7 @@ Rules:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Final
 
 from rolloutd.core.spec import TriggerSpec
@@ -416,8 +419,7 @@ class TriggerRuntime:
         if outcome == OK and state == INACTIVE:
             return None  # the common case
         if outcome == INSUFFICIENT:
-            self.ok_since = None
-            return None
+            return None  # no transition, and the clocks (since, ok_since) run on
         if outcome == BREACH:
             self.ok_since = None
             if state == INACTIVE:
@@ -432,14 +434,38 @@ class TriggerRuntime:
                     self.state = FIRING
                     return FIRING
             return None
-        if state == INACTIVE:
-            return None
+        if state == PENDING:  # a false reading ends the streak at once
+            self.state, self.since = INACTIVE, None
+            return INACTIVE
+        # firing: resolves once the condition has been false for one full bucket
         if self.ok_since is None:
             self.ok_since = now
         if now >= self.ok_since + self.bucket_seconds:
             self.state, self.since, self.ok_since = INACTIVE, None, None
             return INACTIVE
         return None
+
+    def next_change(self, now: float, started_at: float | None) -> float:
+        """The earliest time at which `step` could change the state with no new reading
+        (the windows unchanged): the end of `for` under a breach, the end of the resolve
+        bucket under an OK reading, a presence trigger's first whole window; else inf."""
+        due = math.inf
+        if self.presence and started_at is not None:
+            observed = started_at + self.window_seconds
+            if observed > now:
+                due = observed
+        state = self.state
+        outcome = self.outcome
+        if state == PENDING and outcome == BREACH:
+            since = self.since
+            assert since is not None
+            if since + self.for_ < due:
+                due = since + self.for_
+        elif state == FIRING and outcome == OK:
+            ok_since = self.ok_since
+            if ok_since is not None and ok_since + self.bucket_seconds < due:
+                due = ok_since + self.bucket_seconds
+        return due
 
     def reset(self) -> None:
         self.state, self.since, self.ok_since = INACTIVE, None, None
