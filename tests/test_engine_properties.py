@@ -1,5 +1,7 @@
 """Stateful properties of the engine: invariants under interleaved events, clock jumps,
-commands and restarts from snapshots."""
+commands and restarts from snapshots; and decision-for-decision agreement with the plain
+reference of tests/reference_engine.py, which recomputes every trigger from the raw samples
+in its window at every evaluation point."""
 
 from __future__ import annotations
 
@@ -8,10 +10,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from helpers import T0, batch, command, error_trigger, event, rollout
+from reference_engine import ReferenceEngine
 from rolloutd.core.decisions import Decision, encode
 from rolloutd.core.engine import Engine, bucket_number
 from rolloutd.core.rollout import COMMANDS
-from rolloutd.core.spec import EngineSpec, StepSpec, TriggerSpec
+from rolloutd.core.spec import Baseline, EngineSpec, StepSpec, TriggerSpec
 
 SPEC = EngineSpec(
     rollouts=(
@@ -47,6 +50,104 @@ SPEC = EngineSpec(
 )
 
 
+# Three rollouts whose metrics flap in and out of breach and run short of data: a request
+# rate that needs steady traffic, a 2 s window, short `for`s, gauges with a baseline, a
+# counter that must keep arriving.
+FLAPPING = EngineSpec(
+    rollouts=(
+        rollout(
+            error_trigger(
+                baseline=Baseline("control", 2.0),
+                threshold=0.05,
+                window=10.0,
+                for_=3.0,
+                min_samples=20,
+            ),
+            error_trigger(
+                name="slow",
+                metric="latency_p99",
+                threshold=500.0,
+                baseline=None,
+                window=5.0,
+                for_=0.0,
+                min_samples=5,
+                action="pause",
+            ),
+            TriggerSpec(
+                name="quiet",
+                metric="request_rate",
+                op="<",
+                threshold=5.0,
+                window=2.0,
+                for_=4.0,
+                action="alert",
+                severity="warning",
+            ),
+            TriggerSpec(
+                name="stall", metric="gauge:progress", op="unchanged", window=20.0, action="alert"
+            ),
+            steps=(StepSpec(5, 8), StepSpec(25, 8), StepSpec(100)),
+            bake=10.0,
+        ),
+        rollout(
+            error_trigger(
+                name="other",
+                baseline=None,
+                threshold=0.3,
+                window=3.0,
+                for_=2.0,
+                min_samples=5,
+                after_completion=True,
+                action="alert",
+            ),
+            TriggerSpec(
+                name="crashes", metric="counter:crashes", op=">", threshold=2.0, window=5.0
+            ),
+            name="side",
+            flag="side_flag",
+            start="manual",
+            steps=(StepSpec(50, 5), StepSpec(100)),
+            bake=5.0,
+        ),
+        rollout(
+            error_trigger(
+                name="avail",
+                metric="availability",
+                op="<",
+                threshold=0.9,
+                baseline=None,
+                window=4.0,
+                for_=1.0,
+                min_samples=10,
+            ),
+            TriggerSpec(
+                name="hot",
+                metric="gauge:temp",
+                op=">",
+                threshold=50.0,
+                baseline=Baseline("control", 1.5),
+                window=6.0,
+                for_=2.0,
+                min_samples=1,
+                action="alert",
+                severity="warning",
+            ),
+            TriggerSpec(
+                name="heartbeat",
+                metric="counter:heartbeat",
+                op="absent",
+                window=8.0,
+                action="pause",
+            ),
+            name="third",
+            flag="third_flag",
+            steps=(StepSpec(10, 3), StepSpec(20, 3), StepSpec(100)),
+            bake=4.0,
+        ),
+    ),
+)
+
+
 class EngineMachine(RuleBasedStateMachine):
     """Drives an engine and a twin restored from its snapshots; they must never disagree.
 
@@ -54,10 +155,14 @@ class EngineMachine(RuleBasedStateMachine):
     also shows that skipping quiet rollouts changes no decision.
     """
 
+    spec = SPEC
+    names = ("co", "side")
+
     def __init__(self) -> None:
         super().__init__()
-        self.engine = Engine(SPEC)
-        self.twin = Engine(SPEC, shortcuts=False)
+        self.engine = Engine(self.spec)
+        self.twin = Engine(self.spec, shortcuts=False)
+        self.reference = ReferenceEngine(self.spec)
         self.ts = T0
         self.decisions: list[Decision] = []
         self.trigger_states: dict[tuple[str, str], str] = {}
@@ -68,7 +173,9 @@ class EngineMachine(RuleBasedStateMachine):
     def _both(self, call: str, *args: object) -> None:
         mine = getattr(self.engine, call)(*args)
         theirs = getattr(self.twin, call)(*args)
+        reference = getattr(self.reference, call)(*args)
         assert [encode(d) for d in mine] == [encode(d) for d in theirs]
+        assert [encode(d) for d in mine] == [encode(d) for d in reference]
         self._check_step_rules(mine)
         self.decisions.extend(mine)
         self.stored_global = self.engine.snapshot_global()
@@ -95,7 +202,7 @@ class EngineMachine(RuleBasedStateMachine):
         count=st.integers(0, 60),
         bad=st.floats(0.0, 1.0),
         lat=st.lists(st.floats(0.0, 2000.0), max_size=5),
-        which=st.sampled_from(["co", "side"]),
+        which=st.integers(0, 3),
         late=st.floats(0.0, 4.0),
     )
     def traffic(
@@ -105,39 +212,94 @@ class EngineMachine(RuleBasedStateMachine):
         count: int,
         bad: float,
         lat: list[float],
-        which: str,
+        which: int,
         late: float,
     ) -> None:
         self.ts += dt
-        ev = batch(self.ts - late, cohort, count, int(count * bad), latency_ms=lat, rollout=which)
+        name = self._name(which)
+        ev = batch(self.ts - late, cohort, count, int(count * bad), latency_ms=lat, rollout=name)
         self._both("handle", ev)
 
-    @rule(dt=st.floats(0.0, 5.0), value=st.sampled_from([0.1, 0.2, 0.2, 0.2]))
-    def gauge(self, dt: float, value: float) -> None:
+    @rule(
+        dt=st.floats(min_value=0.0, max_value=1.5),
+        cohort=st.sampled_from(["canary", "control"]),
+        ok=st.booleans(),
+        lat=st.none() | st.floats(0.0, 2000.0),
+        which=st.integers(0, 3),
+        late=st.sampled_from([0.0, 0.0, 0.7, 2.5]),
+    )
+    def single(
+        self, dt: float, cohort: str, ok: bool, lat: float | None, which: int, late: float
+    ) -> None:
+        """One `request`: the engine's single-request path (`add_one`)."""
         self.ts += dt
-        self._both("handle", event(ts=self.ts, type="gauge", name="progress", value=value))
+        extra = {} if lat is None else {"latency_ms": lat}
+        ev = event(
+            ts=self.ts - late,
+            type="request",
+            cohort=cohort,
+            ok=ok,
+            rollout=self._name(which),
+            **extra,
+        )
+        self._both("handle", ev)
+
+    @rule(
+        dt=st.floats(0.0, 5.0),
+        value=st.sampled_from([0.1, 0.2, 0.2, 0.2, 40.0, 70.0]),
+        name=st.sampled_from(["progress", "temp"]),
+        cohort=st.sampled_from(["canary", "control"]),
+        which=st.integers(0, 3),
+    )
+    def gauge(self, dt: float, value: float, name: str, cohort: str, which: int) -> None:
+        self.ts += dt
+        ev = event(
+            ts=self.ts,
+            type="gauge",
+            name=name,
+            value=value,
+            cohort=cohort,
+            rollout=self._name(which),
+        )
+        self._both("handle", ev)
+
+    @rule(
+        dt=st.floats(0.0, 4.0),
+        value=st.sampled_from([0.0, 1.0, 1.5, 3.0]),
+        name=st.sampled_from(["crashes", "heartbeat"]),
+        which=st.integers(0, 3),
+    )
+    def counter(self, dt: float, value: float, name: str, which: int) -> None:
+        self.ts += dt
+        ev = event(ts=self.ts, type="counter", name=name, value=value, rollout=self._name(which))
+        self._both("handle", ev)
+
+    def _name(self, which: int) -> str:
+        """A rollout of the spec, or (past the end) one no config defines."""
+        return self.names[which] if which < len(self.names) else "unknown"
 
     @rule(
         cmd=st.sampled_from(COMMANDS),
-        which=st.sampled_from(["co", "side"]),
+        which=st.integers(0, 3),
         full=st.booleans(),
         pct=st.integers(0, 100),
     )
-    def operator(self, cmd: str, which: str, full: bool, pct: int) -> None:
+    def operator(self, cmd: str, which: int, full: bool, pct: int) -> None:
         extra = {"percent": pct} if cmd == "set_percent" else {}
-        self._both("handle", command(self.ts, cmd, rollout=which, full=full, **extra))
+        name = self._name(which)
+        self._both("handle", command(self.ts, cmd, rollout=name, full=full, **extra))
 
     @precondition(lambda self: self.engine.now is not None)
     @rule()
     def restart_twin_from_snapshot(self) -> None:
-        self.twin = Engine.restore(SPEC, self.engine.snapshot(), shortcuts=False)
+        self.twin = Engine.restore(self.spec, self.engine.snapshot(), shortcuts=False)
         assert self.twin.snapshot() == self.engine.snapshot()
 
     @precondition(lambda self: self.stored_global is not None)
     @rule()
     def restart_twin_from_incremental_parts(self) -> None:
         self.twin = Engine.restore_parts(
-            SPEC, self.stored_global, dict(self.stored_parts), shortcuts=False
+            self.spec, self.stored_global, dict(self.stored_parts), shortcuts=False
         )
 
     @invariant()
@@ -167,6 +329,19 @@ class EngineMachine(RuleBasedStateMachine):
 
 EngineMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=60, deadline=None)
 TestEngineMachine = EngineMachine.TestCase
+
+
+class FlappingMachine(EngineMachine):
+    """The same checks on three rollouts whose metrics flap and run short of data."""
+
+    spec = FLAPPING
+    names = ("co", "side", "third")
+
+
+FlappingMachine.TestCase.settings = settings(
+    max_examples=120, stateful_step_count=80, deadline=None
+)
+TestFlappingMachine = FlappingMachine.TestCase
 
 
 @given(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e15, max_value=1e15))
