@@ -31,6 +31,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from rolloutd import heap, logs
 from rolloutd.adapters.http import AdminContext, build_app
 from rolloutd.adapters.kafka import Fetched, KafkaConsumerLoop, KafkaPublisher
+from rolloutd.adapters.known_series import known_series
 from rolloutd.adapters.metrics import DaemonState, build_registry
 from rolloutd.adapters.mqtt import MqttLink
 from rolloutd.adapters.notify import AlertDispatcher, daemon_alert
@@ -114,7 +115,7 @@ class Service:
         self.grace = grace
         self.health = Health()
         self.store = Store.open(config.state.path, fresh=fresh)
-        self.state = DaemonState(ready=lambda: self.health.ready)
+        self.state = DaemonState(ready=lambda: self.health.ready, known=known_series(config))
         self.registry, latency, confirm_delay = build_registry(lambda: self.pipeline, self.state)
         cdc = CdcRouter(tuple(m.wiring() for m in config.migrations)) if config.migrations else None
         flags = None
@@ -311,6 +312,7 @@ class Service:
                 )
             )
         self.state.reload_success = True
+        self.state.known = known_series(config)
         self.pipeline.alerts = config.alerts
         self.alerts.reconfigure(config.alerts)
         log.info("config reloaded: %d rollouts", len(config.rollouts))
