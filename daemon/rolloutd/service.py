@@ -45,6 +45,7 @@ from rolloutd.core.flagwatch import FlagWatch
 from rolloutd.core.triggers import INSUFFICIENT
 from rolloutd.pipeline import FlagTableWatch, Pipeline, Sinks
 from rolloutd.publisher import Fanout, Publisher
+from rolloutd.state_notice import fresh_state_notice
 
 log = logging.getLogger("rolloutd.service")
 
@@ -115,6 +116,7 @@ class Service:
         self.grace = grace
         self.health = Health()
         self.store = Store.open(config.state.path, fresh=fresh)
+        self.fresh = fresh
         self.state = DaemonState(ready=lambda: self.health.ready, known=known_series(config))
         self.registry, latency, confirm_delay = build_registry(lambda: self.pipeline, self.state)
         cdc = CdcRouter(tuple(m.wiring() for m in config.migrations)) if config.migrations else None
@@ -405,6 +407,9 @@ class Service:
         heap.tune()
         self.outbox.add(self.pipeline.unpublished)  # what a previous run did not send
         self.outbox.add(self.pipeline.start(self.clock()))
+        notice = fresh_state_notice(self.store, self.pipeline.restored, self.fresh, self.clock())
+        if notice is not None:  # a restart at step 1 must never be silent
+            self.outbox.add(self.pipeline.daemon_alert(notice))
         self.health.started = True
         scheduler = self._scheduler()
         scheduler.start()
