@@ -73,6 +73,11 @@ command -v systemd-analyze >/dev/null 2>&1 || deploy_pkgs+=(systemd)
 if [ ${#deploy_pkgs[@]} -gt 0 ]; then
     apt_install prometheus "${deploy_pkgs[@]}"
 fi
+# `amtool check-config` for the compose stack's Alertmanager config (Debian's
+# prometheus-alertmanager; only the tool is wanted, its service is kept stopped).
+if ! command -v amtool >/dev/null 2>&1; then
+    apt_install prometheus-alertmanager prometheus-alertmanager
+fi
 
 # The engine's hot modules compiled with mypyc (the same source; interpreted if that fails
 # or ROLLOUTD_PURE=1). Rebuilt whenever those sources change.

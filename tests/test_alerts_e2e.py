@@ -34,7 +34,8 @@ async def test_a_rollback_pages_the_webhook_even_when_it_fails_at_first(
         tansu.create_topics(TOPICS)
         config = config_text(tansu.bootstrap, tmp_path / "s.db", GUARDED)
         config += (
-            f'alerts:\n  - {{name: hook, type: webhook, url: "http://127.0.0.1:{port}/hook"}}\n'
+            "alerts:\n  - {name: hook, type: webhook, severities: [critical],"  # not the start's
+            f' url: "http://127.0.0.1:{port}/hook"}}\n'  # warning that it has no state yet
         )
         daemon = Daemon(tmp_path, config)
         daemon.start()

@@ -96,7 +96,7 @@ def test_pipeline_publishes_breaker_state_for_services(tmp_path: Path) -> None:
     assert json.loads(retained[0].payload) == {
         "breaker": "users",
         "state": "open",
-        "revision": 1,
+        "revision": store.revision_floor + 1,
         "ts": T0 + 1,
     }
     keyed = [i for i in items if i.sink == "kafka:rollout.flags" and i.key == b"breaker:users"]

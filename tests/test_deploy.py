@@ -50,7 +50,10 @@ PORT = 9108
 GRACE = 10  # rolloutd run --grace default, seconds
 
 # The metric contract (DESIGN.md, "Operations surface"): name -> labels.
-HISTOGRAMS = {"rolloutd_decision_latency_seconds": frozenset[str]()}
+HISTOGRAMS = {
+    "rolloutd_decision_latency_seconds": frozenset[str](),
+    "rolloutd_flag_confirmation_delay_seconds": frozenset[str](),
+}
 CONTRACT: dict[str, frozenset[str]] = {
     "rolloutd_rollout_percent": frozenset({"rollout", "flag"}),
     "rolloutd_rollout_phase": frozenset({"rollout", "phase"}),
@@ -70,6 +73,7 @@ CONTRACT: dict[str, frozenset[str]] = {
     "rolloutd_alerts_sent_total": frozenset({"notifier", "status"}),
     "rolloutd_data_validation_failures_total": frozenset({"migration", "kind"}),
     "rolloutd_decisions_total": frozenset({"kind"}),
+    "rolloutd_flag_drift_total": frozenset({"rollout"}),
 }
 TARGET_LABELS = frozenset({"job", "instance"})  # added by Prometheus to every series
 LABEL_VALUES = {  # labels whose values are fixed by the daemon
@@ -92,6 +96,7 @@ def _series() -> dict[str, frozenset[str]]:
 
 
 SERIES = _series()
+PROMETHEUS_SERIES = {**SERIES, "up": frozenset[str]()}  # Prometheus' own, per target
 
 
 # -- tools ------------------------------------------------------------------------------
@@ -778,7 +783,7 @@ def test_every_alert_is_tested_firing_and_not_firing() -> None:
 
 
 def test_alerts_use_contract_metrics_and_carry_severity_and_text() -> None:
-    series = {**SERIES, "up": frozenset()}
+    series = PROMETHEUS_SERIES
     for rule in alert_rules():
         text = json.dumps(rule["annotations"])
         labels = re.findall(r"\$labels\.(\w+)", text)
@@ -786,6 +791,64 @@ def test_alerts_use_contract_metrics_and_carry_severity_and_text() -> None:
         assert rule["labels"]["severity"] in {"critical", "warning"}
         assert rule["annotations"]["summary"]
         assert rule["annotations"]["description"]
+
+
+# -- Alertmanager -----------------------------------------------------------------------
+
+ALERTMANAGER = DEPLOY / "alertmanager" / "alertmanager.yml"
+
+
+def test_alertmanager_config_is_valid() -> None:
+    tool = debian_tool("amtool", "prometheus-alertmanager")
+    done = run(tool, "check-config", ALERTMANAGER)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def routed_receiver(labels: dict[str, str]) -> str:
+    tool = debian_tool("amtool", "prometheus-alertmanager")
+    pairs = [f"{k}={v}" for k, v in labels.items()]
+    done = run(tool, "config", "routes", "test", f"--config.file={ALERTMANAGER}", *pairs)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.strip()
+
+
+def test_every_shipped_alert_reaches_a_receiver_that_sends_somewhere() -> None:
+    receivers = {r["name"]: r for r in yaml.safe_load(ALERTMANAGER.read_text())["receivers"]}
+    rules = [{"alertname": r["alert"], **r["labels"]} for r in alert_rules()]
+    # What rolloutd's own alertmanager notifier sends (notify/alertmanager.py).
+    rules += [
+        {"alertname": "RolloutTrigger", "rollout": "checkout-v2", "severity": "critical"},
+        {"alertname": "RolloutdAlert", "key": "rolloutd/state-lost", "severity": "warning"},
+    ]
+    routed = {routed_receiver(labels) for labels in rules}
+    for name in routed:
+        integrations = [k for k in receivers[name] if k.endswith("_configs")]
+        assert integrations, f"receiver {name} sends nowhere"
+    critical = routed_receiver({"alertname": "RolloutdDown", "severity": "critical"})
+    warning = routed_receiver({"alertname": "RolloutdReloadFailed", "severity": "warning"})
+    assert "pagerduty_configs" in receivers[critical]
+    assert critical != warning
+
+
+def test_prometheus_and_rolloutd_send_to_the_compose_alertmanager() -> None:
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    (target,) = [
+        t
+        for am in scrape["alerting"]["alertmanagers"]
+        for c in am["static_configs"]
+        for t in c["targets"]
+    ]
+    host, _, port = target.partition(":")
+    am = service(host)
+    assert am["image"].startswith("prom/alertmanager:v")
+    assert f"127.0.0.1:{port}:{port}" in am["ports"]
+    (config,) = [a.split("=", 1)[1] for a in am["command"] if a.startswith("--config.file=")]
+    mounts = bind_mounts(host)
+    mount = next(c for c in mounts if config.startswith(c + "/"))
+    assert mounts[mount] / config[len(mount) + 1 :] == ALERTMANAGER
+    assert host in service("prometheus")["depends_on"]
+    notifiers = compose_rolloutd_config()["alerts"]
+    assert {"type": "alertmanager", "url": f"http://{target}"}.items() <= notifiers[0].items()
 
 
 # -- Grafana dashboards -----------------------------------------------------------------
@@ -875,7 +938,7 @@ def test_dashboard_structure(name: str) -> None:
 def test_dashboard_queries_use_only_contract_metrics_and_labels() -> None:
     for e in all_expressions():
         try:
-            check_query(e.expr, SERIES, e.legends)
+            check_query(e.expr, PROMETHEUS_SERIES, e.legends)
         except AssertionError as exc:
             raise AssertionError(f"{e.where}: {exc}") from None
 
@@ -943,6 +1006,34 @@ def test_dashboards_show_what_the_wall_needs() -> None:
         assert find_panels("daemon-health.json", "timeseries", metric), metric
     (breakers,) = find_panels("cdc-breakers.json", "state-timeline", "rolloutd_breaker_state")
     assert_state_codes(breakers, "state", LABEL_VALUES[("rolloutd_breaker_state", "state")])
+
+
+def annotation(name: str, title: str) -> dict[str, Any]:
+    (found,) = [a for a in dashboards()[name]["annotations"]["list"] if a["name"] == title]
+    return found
+
+
+def test_dashboards_show_a_daemon_that_is_down_and_flag_table_agreement() -> None:
+    # A daemon that is down exports nothing: only Prometheus' `up` says so.
+    health = "daemon-health.json"
+    down = [p for kind in ("stat", "state-timeline") for p in find_panels(health, kind, "up{")]
+    assert {p["type"] for p in down} == {"stat", "state-timeline"}
+    for panel in down:
+        assert 'up{job="rolloutd"' in panel["targets"][0]["expr"], panel["title"]
+    assert re.search(
+        r'up\{job="rolloutd".*\) == 0$', annotation(health, "Daemon down")["target"]["expr"]
+    )
+    overview = "rollouts-overview.json"
+    (drift,) = find_panels(overview, "timeseries", "rolloutd_flag_drift_total")
+    assert "increase(rolloutd_flag_drift_total" in drift["targets"][0]["expr"]
+    assert re.search(
+        r"increase\(rolloutd_flag_drift_total\{.*\}\[1m\]\)\) > 0",
+        annotation(overview, "Flag drift")["target"]["expr"],
+    )
+    (confirm,) = find_panels(overview, "timeseries", "rolloutd_flag_confirmation_delay_seconds")
+    quantiles = re.findall(r"histogram_quantile\(([\d.]+)", json.dumps(confirm["targets"]))
+    assert {"0.5", "0.99"} <= set(quantiles)
+    assert confirm["fieldConfig"]["defaults"]["unit"] == "s"
 
 
 # The TypeScript check. JSON spells the schema's string enums by their values, so `Json<T>`

@@ -8,7 +8,8 @@ Rules:
   any point loses nothing and repeats nothing.
 * Flag state is published per change: after each event (or tick) whose decisions moved a
   rollout's percent or phase, one message with the rollout's state and the next revision of
-  its flag. Revisions only grow, across restarts.
+  its flag. Revisions only grow, across restarts, and across a lost state file: a new store's
+  revisions start above its epoch's floor (see store.py).
 * Bad input is counted and skipped (`invalid`), never raised.
 """
 
@@ -155,6 +156,7 @@ class Pipeline:
         parts = {k: v for k, v in loaded.rollouts.items() if k not in (CDC_STATE, FLAGS_STATE)}
         self.engine = Engine.restore_parts(spec, loaded.engine, parts)
         self.revisions = dict(loaded.revisions)
+        self.revision_floor = store.revision_floor
         self.offsets = dict(loaded.offsets)
         self.unpublished: list[OutboxItem] = list(loaded.outbox)
         self.restored = loaded.engine is not None
@@ -461,8 +463,7 @@ class Pipeline:
         if self.sinks.decisions_topic is not None:
             topic = f"kafka:{self.sinks.decisions_topic}"
             self._outbox.append((topic, key.encode(), payload, False))
-        revision = self.revisions.get(key, 0) + 1
-        self.revisions[key] = self._revisions[key] = revision
+        revision = self._next_revision(key)
         state = msgspec.json.encode(
             BreakerState(decision.breaker, decision.state, revision, decision.ts)
         )
@@ -479,11 +480,15 @@ class Pipeline:
         self._decided(decisions)
         return decisions, self._commit({})
 
+    def _next_revision(self, key: str) -> int:
+        revision = max(self.revisions.get(key, 0), self.revision_floor) + 1
+        self.revisions[key] = self._revisions[key] = revision
+        return revision
+
     def _flag_message(self, name: str, ts: float) -> None:
         rollout = self.engine.rollout(name)
         flag = rollout.spec.flag
-        revision = self.revisions.get(flag, 0) + 1
-        self.revisions[flag] = self._revisions[flag] = revision
+        revision = self._next_revision(flag)
         state = FlagState(flag, whole(rollout.percent), name, rollout.phase, revision, ts)
         if self.flags is not None:
             self.flags.watch.expect(flag, rollout.percent, ts)

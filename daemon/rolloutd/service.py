@@ -31,6 +31,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from rolloutd import heap, logs
 from rolloutd.adapters.http import AdminContext, build_app
 from rolloutd.adapters.kafka import Fetched, KafkaConsumerLoop, KafkaPublisher
+from rolloutd.adapters.known_series import known_series
 from rolloutd.adapters.metrics import DaemonState, build_registry
 from rolloutd.adapters.mqtt import MqttLink
 from rolloutd.adapters.notify import AlertDispatcher, daemon_alert
@@ -44,6 +45,7 @@ from rolloutd.core.flagwatch import FlagWatch
 from rolloutd.core.triggers import INSUFFICIENT
 from rolloutd.pipeline import FlagTableWatch, Pipeline, Sinks
 from rolloutd.publisher import Fanout, Publisher
+from rolloutd.state_notice import fresh_state_notice
 
 log = logging.getLogger("rolloutd.service")
 
@@ -114,7 +116,8 @@ class Service:
         self.grace = grace
         self.health = Health()
         self.store = Store.open(config.state.path, fresh=fresh)
-        self.state = DaemonState(ready=lambda: self.health.ready)
+        self.fresh = fresh
+        self.state = DaemonState(ready=lambda: self.health.ready, known=known_series(config))
         self.registry, latency, confirm_delay = build_registry(lambda: self.pipeline, self.state)
         cdc = CdcRouter(tuple(m.wiring() for m in config.migrations)) if config.migrations else None
         flags = None
@@ -311,6 +314,7 @@ class Service:
                 )
             )
         self.state.reload_success = True
+        self.state.known = known_series(config)
         self.pipeline.alerts = config.alerts
         self.alerts.reconfigure(config.alerts)
         log.info("config reloaded: %d rollouts", len(config.rollouts))
@@ -403,6 +407,9 @@ class Service:
         heap.tune()
         self.outbox.add(self.pipeline.unpublished)  # what a previous run did not send
         self.outbox.add(self.pipeline.start(self.clock()))
+        notice = fresh_state_notice(self.store, self.pipeline.restored, self.fresh, self.clock())
+        if notice is not None:  # a restart at step 1 must never be silent
+            self.outbox.add(self.pipeline.daemon_alert(notice))
         self.health.started = True
         scheduler = self._scheduler()
         scheduler.start()

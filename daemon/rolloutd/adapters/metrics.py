@@ -10,16 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from rolloutd.adapters.known_series import KnownSeries
 from rolloutd.core.rollout import PHASES
 from rolloutd.core.triggers import FIRING, PENDING
 from rolloutd.pipeline import Pipeline
 
 TRIGGER_STATE_VALUES = {PENDING: 1.0, FIRING: 2.0}  # anything else is 0 (inactive)
+_K = TypeVar("_K", str, tuple[str, str])  # a counter's label values
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -34,6 +37,13 @@ class DaemonState:
     outbox_pending: Callable[[], int] = lambda: 0
     breakers: Callable[[], Mapping[str, str]] = dict
     migrations: Callable[[], Mapping[str, Mapping[str, float]]] = dict
+    known: KnownSeries = field(default_factory=KnownSeries)  # counters exported from 0
+
+
+def _from_zero(counts: Mapping[_K, float], known: tuple[_K, ...]) -> list[tuple[_K, float]]:
+    """Every known label set (0 until counted) and every counted one, in label order."""
+    keys: list[_K] = sorted(set(known).union(counts))
+    return [(key, float(counts[key]) if key in counts else 0.0) for key in keys]
 
 
 class RolloutdCollector(Collector):
@@ -90,34 +100,35 @@ class RolloutdCollector(Collector):
 
     def _pipeline_counters(self) -> Iterator[Metric]:
         stats = self.pipeline().stats
+        known = self.state.known
         events = CounterMetricFamily(
             "rolloutd_events", "Valid events taken in, by source", labels=["source"]
         )
-        for source, n in sorted(stats.events.items()):
+        for source, n in _from_zero(stats.events, known.events):
             events.add_metric([source], n)
         invalid = CounterMetricFamily(
             "rolloutd_events_invalid", "Events rejected and skipped", labels=["source", "reason"]
         )
-        for (source, reason), n in sorted(stats.invalid.items()):
+        for (source, reason), n in _from_zero(stats.invalid, known.invalid):
             invalid.add_metric([source, reason], n)
         decisions = CounterMetricFamily(
             "rolloutd_decisions", "Decisions made, by kind", labels=["kind"]
         )
-        for kind, n in sorted(stats.decisions.items()):
+        for kind, n in _from_zero(stats.decisions, known.decisions):
             decisions.add_metric([kind], n)
         rollbacks = CounterMetricFamily(
             "rolloutd_rollbacks",
             "Rollbacks by the trigger that caused them",
             labels=["rollout", "trigger"],
         )
-        for (rollout, trigger), n in sorted(stats.rollbacks.items()):
+        for (rollout, trigger), n in _from_zero(stats.rollbacks, known.rollbacks):
             rollbacks.add_metric([rollout, trigger], n)
         drift = CounterMetricFamily(
             "rolloutd_flag_drift",
             "Flag table values that disagreed with the decision",
             labels=["rollout"],
         )
-        for rollout, n in sorted(stats.flag_drift.items()):
+        for rollout, n in _from_zero(stats.flag_drift, known.flag_drift):
             drift.add_metric([rollout], n)
         yield from (events, invalid, decisions, rollbacks, drift)
 
@@ -144,8 +155,8 @@ class RolloutdCollector(Collector):
         sent = CounterMetricFamily(
             "rolloutd_alerts_sent", "Alert deliveries by outcome", labels=["notifier", "status"]
         )
-        for (notifier, status), n in sorted(state.alerts_sent.items()):
-            sent.add_metric([notifier, status], n)
+        for (notifier, status), count in _from_zero(state.alerts_sent, state.known.alerts_sent):
+            sent.add_metric([notifier, status], count)
         yield from (lag, sent)
         yield from self._breakers_and_migrations()
 
@@ -169,6 +180,7 @@ class RolloutdCollector(Collector):
             "Keys that failed validation",
             labels=["migration", "kind"],
         )
+        counted: dict[tuple[str, str], float] = {}
         for name, values in sorted(self.state.migrations().items()):
             if "cdc_lag_seconds" in values:
                 lag.add_metric([name], values["cdc_lag_seconds"])
@@ -176,7 +188,9 @@ class RolloutdCollector(Collector):
                 progress.add_metric([name], values["progress"])
             for kind in ("missing", "extra", "mismatch"):
                 if kind in values:
-                    failures.add_metric([name, kind], values[kind])
+                    counted[(name, kind)] = values[kind]
+        for (name, kind), n in _from_zero(counted, self.state.known.validation):
+            failures.add_metric([name, kind], n)
         yield from (lag, progress, failures)
 
 

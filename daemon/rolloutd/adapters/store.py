@@ -14,6 +14,12 @@ Rules:
 * One owner: the connection holds an exclusive lock for its lifetime, so a second daemon (or
   any reader) on the same file gets "in use" instead of a shared, diverging state.
 * Outbox ids come from AUTOINCREMENT: they only grow, even after the outbox empties.
+* Each store has an epoch: the wall clock in ms when it was created, in `meta`. Flag
+  revisions start above `epoch * REVISIONS_PER_EPOCH`, so a store created after another one
+  was lost (deleted, moved aside by `fresh=True`) publishes revisions greater than every
+  revision of the old one without reading anything back (as long as a flag averaged under
+  1000 changes a millisecond, which no daemon does, and the clock moved forward between
+  the two creations). A store made before epochs existed reads as epoch 0.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 SCHEMA_VERSION = 1
+REVISIONS_PER_EPOCH = 1000  # epoch ms * 1000 stays below 2**53 (exact in JSON doubles) to 2255
 APPLICATION_ID = 0x524F4C4C  # "ROLL" in the SQLite header: names the file as ours
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
@@ -110,22 +117,35 @@ class Store:
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
         self._conn = conn
+        row = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        self.epoch = int(row[0]) if row else 0  # ms at creation; 0: made before epochs
+        self.created = False  # open() made this file (no state file was there)
+        self.moved_aside: Path | None = None  # fresh=True: where the old file went
+
+    @property
+    def revision_floor(self) -> int:
+        """Every flag revision this store hands out is greater than this."""
+        return self.epoch * REVISIONS_PER_EPOCH
 
     @classmethod
     def open(cls, path: str | Path, *, fresh: bool = False) -> Store:
         path = Path(path)
         if not path.parent.is_dir():
             raise StoreError(f"state file {path}: directory {path.parent} does not exist")
+        moved, created = None, False
         try:
             if fresh:
-                _move_aside(path)
+                moved = _move_aside(path)
             if not path.exists():
                 if Path(f"{path}-wal").exists():
                     raise StoreError(f"state file {path} is missing but its -wal file is not")
                 _create(path)
+                created = True
         except OSError as exc:
             raise StoreError(f"state file {path} cannot be created ({exc})") from exc
-        return cls(path, _open_checked(path))
+        store = cls(path, _open_checked(path))
+        store.created, store.moved_aside = created, moved
+        return store
 
     def load(self) -> Loaded:
         def read(cur: sqlite3.Cursor) -> Loaded:
@@ -226,10 +246,10 @@ def _offset_rows(offsets: dict[tuple[str, int], int]) -> Iterable[tuple[str, int
     return ((topic, part, nxt) for (topic, part), nxt in offsets.items())
 
 
-def _move_aside(path: Path) -> None:
+def _move_aside(path: Path) -> Path | None:
     """Rename an existing store and its WAL files to `<path>.<ts>.bak[-wal|-shm]`."""
     if not any(p.exists() for p in _sidecars(path)):
-        return
+        return None
     _ensure_unlocked(path)
     stamp = int(time.time())
     bak = Path(f"{path}.{stamp}.bak")
@@ -240,6 +260,7 @@ def _move_aside(path: Path) -> None:
     for src, dst in zip(_sidecars(path), _sidecars(bak), strict=True):
         if src.exists():
             src.rename(dst)
+    return bak
 
 
 def _create(path: Path) -> None:
@@ -253,7 +274,8 @@ def _create(path: Path) -> None:
     try:
         conn.executescript(
             f"BEGIN; {_SCHEMA} PRAGMA application_id = {APPLICATION_ID}; "
-            f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
+            f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); "
+            f"INSERT INTO meta VALUES ('epoch', '{time.time_ns() // 1_000_000}'); COMMIT;"
         )
     finally:
         conn.close()
@@ -314,3 +336,6 @@ def _identify(path: Path, conn: sqlite3.Connection) -> None:
         raise StoreError(
             f"state file {path} has schema version {found}; this rolloutd reads {SCHEMA_VERSION}"
         )
+    epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+    if epoch is not None and not epoch[0].isdigit():
+        raise StoreError(f"state file {path} is corrupt (epoch {epoch[0][:20]!r})")
