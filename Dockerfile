@@ -22,11 +22,17 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+COPY requirements/ requirements/
 COPY pyproject.toml README.md LICENSE ./
 COPY daemon/rolloutd/ daemon/rolloutd/
-RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
+# Every dependency is the locked release, checked against its hash (requirements/*.lock, as
+# the tests ran); rolloutd's wheel is built by the locked setuptools of a throwaway venv.
+RUN python -m venv /opt/build \
+    && /opt/build/bin/pip install --require-hashes -r requirements/dev.lock \
+    && /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
     && python -m venv /opt/rolloutd \
-    && /opt/rolloutd/bin/pip install /wheels/rolloutd-*.whl
+    && /opt/rolloutd/bin/pip install --require-hashes -r requirements/runtime.lock \
+    && /opt/rolloutd/bin/pip install --no-deps /wheels/rolloutd-*.whl
 
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/rolloutd/bin:$PATH \
