@@ -28,7 +28,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from rolloutd import heap, logs
+from rolloutd import __version__, heap, logs
 from rolloutd.adapters.http import AdminContext, build_app
 from rolloutd.adapters.kafka import Fetched, KafkaConsumerLoop, KafkaPublisher
 from rolloutd.adapters.metrics import DaemonState, build_registry
@@ -42,6 +42,7 @@ from rolloutd.core.decisions import Decision
 from rolloutd.core.events import CommandName
 from rolloutd.core.flagwatch import FlagWatch
 from rolloutd.core.triggers import INSUFFICIENT
+from rolloutd.engine_build import engine_kind
 from rolloutd.pipeline import FlagTableWatch, Pipeline, Sinks
 from rolloutd.publisher import Fanout, Publisher
 
@@ -400,6 +401,13 @@ class Service:
 
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self) -> int:
+        engine = engine_kind()
+        log.info(
+            "rolloutd %s starting (%s engine)",
+            __version__,
+            engine,
+            extra={"version": __version__, "engine": engine},
+        )
         heap.tune()
         self.outbox.add(self.pipeline.unpublished)  # what a previous run did not send
         self.outbox.add(self.pipeline.start(self.clock()))
