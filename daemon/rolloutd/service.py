@@ -29,6 +29,7 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from rolloutd import __version__, heap, logs
+from rolloutd.adapters import connections
 from rolloutd.adapters.http import AdminContext, build_app
 from rolloutd.adapters.kafka import Fetched, KafkaConsumerLoop, KafkaPublisher
 from rolloutd.adapters.metrics import DaemonState, build_registry
@@ -368,14 +369,19 @@ class Service:
             ready=self._readiness,
             run_breaker_command=self._breaker_command,
         )
-        runner = web.AppRunner(build_app(ctx), access_log=None)
+        http = self.config.http
+        runner = web.AppRunner(build_app(ctx), access_log=None, keepalive_timeout=http.idle_timeout)
         await runner.setup()
-        host, port = self.config.http.address
+        host, port = http.address
+        budget = connections.plan(http.max_connections, http.fd_reserve)
         try:
-            await web.TCPSite(runner, host, port).start()
-            log.info("http on %s:%d", host, port)
-            self.http_up.set()
-            await asyncio.Event().wait()  # serve until cancelled
+            server, _ = await connections.serve(runner, host, port, budget, http.header_timeout)
+            try:
+                log.info("http on %s:%d", host, port)
+                self.http_up.set()
+                await asyncio.Event().wait()  # serve until cancelled
+            finally:
+                server.close()
         finally:
             await runner.cleanup()
 
