@@ -22,11 +22,32 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+# A C compiler for mypyc (the builder stage only; Debian's current gcc, as in CI).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+COPY requirements/ requirements/
 COPY pyproject.toml README.md LICENSE ./
+COPY scripts/compile_core.py scripts/
 COPY daemon/rolloutd/ daemon/rolloutd/
-RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
+# Every dependency is the locked release, checked against its hash (requirements/*.lock, as
+# the tests ran); rolloutd's wheel is built by the locked setuptools of a throwaway venv,
+# whose locked mypyc compiles the engine as scripts/setup.sh does for the tests. The
+# extensions go beside the installed source, and the build fails unless they load.
+RUN python -m venv /opt/build \
+    && /opt/build/bin/pip install --require-hashes -r requirements/dev.lock \
+    && /opt/build/bin/python scripts/compile_core.py \
+    && test "$(/opt/build/bin/python scripts/compile_core.py --check)" = current \
+    && /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
     && python -m venv /opt/rolloutd \
-    && /opt/rolloutd/bin/pip install /wheels/rolloutd-*.whl
+    && /opt/rolloutd/bin/pip install --require-hashes -r requirements/runtime.lock \
+    && /opt/rolloutd/bin/pip install --no-deps /wheels/rolloutd-*.whl \
+    && site=$(/opt/rolloutd/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
+    && cp daemon/rolloutd/core/*.so "$site/rolloutd/core/" \
+    && cp daemon/*__mypyc*.so "$site/" \
+    && /opt/rolloutd/bin/python -c \
+        "from rolloutd.engine_build import engine_kind; assert engine_kind() == 'compiled'"
 
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/rolloutd/bin:$PATH \

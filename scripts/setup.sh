@@ -6,10 +6,14 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+# Exactly the locked releases, each file checked against its hash (scripts/lock.sh makes the
+# lock); then rolloutd itself, built with the locked setuptools rather than a fetched one.
+# Reinstalled whenever the lock or pyproject.toml changes.
+LOCK=requirements/dev.lock
+stamp=.venv/.installed-$(cat pyproject.toml "$LOCK" | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
-    .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e '.[dev]'
+    .venv/bin/python -m pip install --quiet --require-hashes -r "$LOCK"
+    .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
     rm -f .venv/.installed-*
     touch "$stamp"
 fi

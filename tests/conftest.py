@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import runpy
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,41 @@ settings.load_profile("rolloutd")
 _COMPILE = runpy.run_path(str(Path(__file__).parent.parent / "scripts" / "compile_core.py"))
 
 
+# A test module "drives the engine" when it imports a compiled module, or one of these,
+# which run the engine: `--engine-only` keeps just those (the interpreted run in test.sh).
+ENGINE_DRIVERS = {"helpers", "rolloutd.engine_build", "rolloutd.pipeline", "rolloutd.replay",
+                  "rolloutd.simulate"}  # fmt: skip
+
+
+def drives_engine(path: Path) -> bool:
+    wanted = ENGINE_DRIVERS | {f"rolloutd.core.{name}" for name in _COMPILE["MODULES"]}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        else:
+            continue
+        if names & wanted:
+            return True
+    return False
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--engine-only",
+        action="store_true",
+        help="run only the test modules that import the compiled engine (or drive it)",
+    )
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    name = collection_path.name
+    if config.getoption("--engine-only") and name.startswith("test_") and name.endswith(".py"):
+        return not drives_engine(collection_path)
+    return None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # A compiled module older than its source would shadow the code under test.
     if _COMPILE["state"]() == "stale":
@@ -25,10 +61,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header() -> str:
-    import rolloutd.core.engine
+    from rolloutd.engine_build import engine_kind
 
-    compiled = not rolloutd.core.engine.__file__.endswith(".py")
-    return f"rolloutd engine: {'compiled (mypyc)' if compiled else 'interpreted'}"
+    return f"rolloutd engine: {engine_kind()}"
 
 
 @pytest.fixture

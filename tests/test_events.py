@@ -279,20 +279,17 @@ def test_every_reason_has_a_case_and_nothing_else_is_emitted() -> None:
     ("payload", "expected"),
     [
         (
-            _requests(count="10"),
-            Rejection("wrong_type", "Expected `int`, got `str` - at `$.count`"),
-        ),
-        (
-            '{"ts": 1, "type": "gauge", "value": 1}',
-            Rejection("missing_field", "Object missing required field `name`"),
-        ),
-        (
             _requests(count=3, errors=4),
             Rejection("errors_exceed_count", "errors (4) and slow (0) must not exceed count (3)"),
+        ),
+        (
+            '{"ts": "2025-11-21T10:00:00", "type": "gauge", "name": "g", "value": 1}',
+            Rejection("bad_timestamp", "timestamp has no UTC offset - at `$.ts`"),
         ),
     ],
 )
 def test_detail_is_readable(payload: str, expected: Rejection) -> None:
+    # Only details rolloutd words itself: msgspec's own texts change between its releases.
     assert decode_one(payload) == expected
 
 
@@ -346,15 +343,11 @@ def test_a_bad_element_rejects_only_itself() -> None:
     )
     events, rejections = decode_many(payload)
     assert events == [Gauge(ts=1.0, name="g", value=1.0), Request(ts=2.0, ok=False, status=500)]
-    assert rejections == [
-        Rejection("not_object", "Expected `object`, got `int` - at `$[1]`"),
-        Rejection("wrong_type", "Expected `int`, got `str` - at `$[2].count`"),
-        Rejection("unknown_type", "Invalid value 'nope' - at `$[3].type`"),
-        Rejection(
-            "errors_exceed_count", "errors (2) and slow (0) must not exceed count (1) - at `$[4]`"
-        ),
-        Rejection("missing_field", "Object missing required field `type` - at `$[6]`"),
-    ]
+    reasons = ["not_object", "wrong_type", "unknown_type", "errors_exceed_count", "missing_field"]
+    assert [r.reason for r in rejections] == reasons
+    assert rejections[3] == Rejection(
+        "errors_exceed_count", "errors (2) and slow (0) must not exceed count (1) - at `$[4]`"
+    )
 
 
 @pytest.mark.parametrize(

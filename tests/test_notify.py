@@ -318,9 +318,11 @@ def test_resolved_rows_reach_a_repeating_notifier_without_send_resolved() -> Non
 
 def test_record_rejects_unknown_status_and_severity() -> None:
     good = msgspec.json.encode(record())
-    with pytest.raises(msgspec.ValidationError, match="status"):
+    decode_record(good)
+    # msgspec words the error (its text is not ours to compare): the type says it refused.
+    with pytest.raises(msgspec.ValidationError):
         decode_record(good.replace(b'"firing"', b'"burning"'))
-    with pytest.raises(msgspec.ValidationError, match="severity"):
+    with pytest.raises(msgspec.ValidationError):
         decode_record(good.replace(b'"critical"', b'"meh"'))
 
 

@@ -403,6 +403,27 @@ class State(_Model):
 class Http(_Model):
     listen: Listen = "127.0.0.1:9108"
     token: SecretStr | None = None
+    max_connections: int = Field(
+        256,
+        ge=1,
+        description="Admin HTTP connections open at once; lowered at start to fit under the "
+        "open-file limit less `fd_reserve`. At the cap a new connection displaces the oldest "
+        "one that has not sent a request yet.",
+    )
+    fd_reserve: int = Field(
+        128,
+        ge=16,
+        description="File descriptors never used for admin connections: kept for the broker "
+        "clients, the state store and the notifiers.",
+    )
+    header_timeout: PositiveDuration = Field(
+        10.0,
+        description="A connection that has not sent a complete request head this long after "
+        "connecting is closed (half-open and slow clients).",
+    )
+    idle_timeout: PositiveDuration = Field(
+        60.0, description="An idle keep-alive admin connection is closed after this long."
+    )
 
     @property
     def address(self) -> tuple[str, int]:

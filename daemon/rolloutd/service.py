@@ -28,7 +28,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from rolloutd import heap, logs
+from rolloutd import __version__, heap, logs
+from rolloutd.adapters import connections
 from rolloutd.adapters.http import AdminContext, build_app
 from rolloutd.adapters.kafka import Fetched, KafkaConsumerLoop, KafkaPublisher
 from rolloutd.adapters.known_series import known_series
@@ -43,6 +44,7 @@ from rolloutd.core.decisions import Decision
 from rolloutd.core.events import CommandName
 from rolloutd.core.flagwatch import FlagWatch
 from rolloutd.core.triggers import INSUFFICIENT
+from rolloutd.engine_build import engine_kind
 from rolloutd.pipeline import FlagTableWatch, Pipeline, Sinks
 from rolloutd.publisher import Fanout, Publisher
 from rolloutd.state_notice import fresh_state_notice
@@ -371,14 +373,19 @@ class Service:
             ready=self._readiness,
             run_breaker_command=self._breaker_command,
         )
-        runner = web.AppRunner(build_app(ctx), access_log=None)
+        http = self.config.http
+        runner = web.AppRunner(build_app(ctx), access_log=None, keepalive_timeout=http.idle_timeout)
         await runner.setup()
-        host, port = self.config.http.address
+        host, port = http.address
+        budget = connections.plan(http.max_connections, http.fd_reserve)
         try:
-            await web.TCPSite(runner, host, port).start()
-            log.info("http on %s:%d", host, port)
-            self.http_up.set()
-            await asyncio.Event().wait()  # serve until cancelled
+            server, _ = await connections.serve(runner, host, port, budget, http.header_timeout)
+            try:
+                log.info("http on %s:%d", host, port)
+                self.http_up.set()
+                await asyncio.Event().wait()  # serve until cancelled
+            finally:
+                server.close()
         finally:
             await runner.cleanup()
 
@@ -404,6 +411,13 @@ class Service:
 
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self) -> int:
+        engine = engine_kind()
+        log.info(
+            "rolloutd %s starting (%s engine)",
+            __version__,
+            engine,
+            extra={"version": __version__, "engine": engine},
+        )
         heap.tune()
         self.outbox.add(self.pipeline.unpublished)  # what a previous run did not send
         self.outbox.add(self.pipeline.start(self.clock()))

@@ -245,6 +245,8 @@ async def _body(request: web.Request) -> dict[str, Any] | web.Response:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         return _error(400, "the body must be a JSON object")
+    except RecursionError:  # the parser's own depth limit, well inside client_max_size
+        return _error(400, "the body is nested too deeply for a JSON object of a command")
     if not isinstance(body, dict):
         return _error(400, "the body must be a JSON object")
     return body
