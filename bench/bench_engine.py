@@ -4,7 +4,8 @@ Three loops over the same JSON lines, in one process:
 * decode only: the typed msgspec decoder and nothing else (the floor: bench_decode's
   `decode_only_rate`, best of 3 passes);
 * decode + engine: the daemon's intake loop (`rolloutd.core.intake.take`, compiled with the
-  engine): the typed decoder, then `Engine.handle` at the event's time, per payload;
+  engine): the typed decoder, then `Engine.handle` at the event's time, per payload, with
+  the daemon's guard (the future-timestamp check, a skip on an exception);
 * engine only: `Engine.handle` over events decoded beforehand.
 Every engine run starts from a fresh engine. The floor is timed on each chunk of lines just
 before the engine takes that chunk, so a ratio compares the two on the same bytes at the same

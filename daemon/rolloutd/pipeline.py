@@ -233,18 +233,25 @@ class Pipeline:
         assert self.cdc is not None
         before = drops(self.engine.stats)
         for index, (key, value) in enumerate(zip(keys, values, strict=True)):
+            # One change must not stop the intake: what handling it raises is counted and
+            # skipped (only the checker's and the engine's work, not our publishing).
             try:
                 events = self.cdc.handle(topic, key, value, now)
-                if isinstance(events, Rejection):
-                    self._reject("cdc", events.reason, events.detail)
-                    continue
-                self.stats.events["cdc"] += 1
-                for event in events:
-                    decisions = self.engine.handle(event, now)
-                    if decisions:
-                        self._decided(decisions)
-            except Exception as exc:  # one change must not stop the intake
+            except Exception as exc:
                 report_failure(self.stats.failed, "cdc", origin.describe(index), exc)
+                continue
+            if isinstance(events, Rejection):
+                self._reject("cdc", events.reason, events.detail)
+                continue
+            self.stats.events["cdc"] += 1
+            for event in events:
+                try:
+                    decisions = self.engine.handle(event, now)
+                except Exception as exc:
+                    report_failure(self.stats.failed, "cdc", origin.describe(index), exc)
+                    continue
+                if decisions:
+                    self._decided(decisions)
         count_drops(self.stats.dropped, "cdc", before, self.engine.stats)
         self._cdc_changed = True
 
