@@ -4,7 +4,8 @@ Three loops over the same JSON lines, in one process:
 * decode only: the typed msgspec decoder and nothing else (the floor: bench_decode's
   `decode_only_rate`, best of 3 passes);
 * decode + engine: the daemon's intake loop (`rolloutd.core.intake.take`, compiled with the
-  engine): the typed decoder, then `Engine.handle` at the event's time, per payload;
+  engine): the typed decoder, then `Engine.handle` at the event's time, per payload, with
+  the daemon's guard (the future-timestamp check, a skip on an exception);
 * engine only: `Engine.handle` over events decoded beforehand.
 Every engine run starts from a fresh engine. The floor is timed on each chunk of lines just
 before the engine takes that chunk, so a ratio compares the two on the same bytes at the same
@@ -42,7 +43,7 @@ from rolloutd import heap
 from rolloutd.core.decisions import Decision
 from rolloutd.core.engine import Engine
 from rolloutd.core.events import Event, Rejection, decode_one
-from rolloutd.core.intake import take
+from rolloutd.core.intake import Guard, take
 from rolloutd.core.spec import EngineSpec
 
 TARGET_RATE = 500_000.0
@@ -67,12 +68,23 @@ def _invalid(payload: bytes | None) -> int:
     raise ValueError(f"the generator wrote an invalid event: {payload!r}")
 
 
+def _failed(index: int, exc: Exception) -> None:
+    raise AssertionError(f"the engine failed on line {index} of a chunk") from exc
+
+
+def _future(event: Event) -> None:
+    raise AssertionError(f"refused as from the future: {event!r}")
+
+
 def _pipeline(engine: Engine, lines: Sequence[bytes], made: list[Decision]) -> float:
     def decided(_event: Event, decisions: list[Decision]) -> None:
         made.extend(decisions)
 
+    # The daemon's guard: nothing is later than it allows here, so every event is checked
+    # and taken.
+    guard = Guard(float("inf"), _future, _failed)
     start = time.perf_counter()
-    take(engine, lines, None, MAX_BYTES, _invalid, decided)
+    take(engine, lines, None, MAX_BYTES, _invalid, decided, guard)
     return time.perf_counter() - start
 
 

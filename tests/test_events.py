@@ -257,7 +257,39 @@ REJECTED: list[tuple[str | bytes, str]] = [
     (_command(command="set_percent", percent=None), "bad_value"),
     (_command(command="set_percent", percent=100.5), "bad_value"),
     (_command(command="set_percent", percent=-1), "bad_value"),
+    # The documented ranges (README "Events in"): inside what the compiled engine stores.
+    (_requests(count=100000000000000000000000, errors=0), "out_of_range"),
+    (_requests(count=2**40 + 1, errors=0), "out_of_range"),
+    (_requests(count=2**41, errors=2**40 + 1), "out_of_range"),
+    (_requests(count=2**41, errors=0, slow=2**41), "out_of_range"),
+    (_requests(latency_ms=[1, 1e9 + 1]), "out_of_range"),
+    (_requests(latency_ms=[1.0] * (2**20 + 1)), "out_of_range"),
+    (_line(ts=1, type="request", ok=True, latency_ms=2e9), "out_of_range"),
+    (_line(ts=1, type="request", status=1000), "out_of_range"),
+    (_gauge(value=1e19), "out_of_range"),
+    (_gauge(value=-1e19), "out_of_range"),
+    ('{"ts": 1, "type": "counter", "name": "c", "value": 1e300}', "out_of_range"),
+    (_gauge(ts=-1), "out_of_range"),
+    (_gauge(ts=253402300800), "out_of_range"),  # year 10000
+    (_gauge(ts=10**30), "out_of_range"),
+    (_gauge(ts="1969-12-31T23:59:59Z"), "out_of_range"),
+    (_gauge(ts="9999-12-31T23:00:00-05:00"), "out_of_range"),  # 10000-01-01 in UTC
 ]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _requests(count=2**40, errors=2**40, slow=2**40, latency_ms=[0, 1e9]),
+        _line(ts=1, type="request", status=999, latency_ms=1e9),
+        _gauge(value=-(2.0**63)),
+        _gauge(ts=0),
+        _gauge(ts="9999-12-31T23:59:59.999Z"),
+        '{"ts": 1, "type": "counter", "name": "c", "value": 9.2e18}',
+    ],
+)
+def test_the_ends_of_each_range_are_accepted(payload: str) -> None:
+    assert not isinstance(decode_one(payload), Rejection)
 
 
 @pytest.mark.parametrize(("payload", "reason"), REJECTED)
@@ -314,8 +346,9 @@ def test_long_details_keep_the_path() -> None:
 def test_an_infinite_float_would_be_not_finite() -> None:
     # JSON cannot reach this (msgspec refuses 1e999 as out of range), but the bounds that
     # keep infinities out produce this message if a parser ever let one through.
+    command = {"ts": 1, "type": "command", "rollout": "r", "command": "set_percent"}
     with pytest.raises(msgspec.ValidationError) as caught:
-        msgspec.convert({"ts": 1, "type": "gauge", "name": "g", "value": -math.inf}, Event)
+        msgspec.convert({**command, "percent": -math.inf}, Event)
     assert _reason_for(str(caught.value)) == "not_finite"
 
 

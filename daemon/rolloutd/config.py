@@ -377,6 +377,12 @@ class MqttSource(_TlsFiles):
 class Sources(_Model):
     kafka: KafkaSource | None = None
     mqtt: MqttSource | None = None
+    max_future_skew: Duration = Field(
+        300.0,
+        description="Events dated more than this after the daemon's clock are rejected "
+        "(reason future_timestamp): a sender's clock that far ahead would otherwise count "
+        "them in the current bucket. Not applied by replay, whose clock is the events' time.",
+    )
 
 
 class KafkaSink(_Model):

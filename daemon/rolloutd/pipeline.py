@@ -10,7 +10,10 @@ Rules:
   rollout's percent or phase, one message with the rollout's state and the next revision of
   its flag. Revisions only grow, across restarts, and across a lost state file: a new store's
   revisions start above its epoch's floor (see store.py).
-* Bad input is counted and skipped (`invalid`), never raised.
+* Bad input is counted and skipped (`invalid`), never raised. An event dated more than
+  `max_future_skew` after the caller's `now` is rejected (`future_timestamp`). An event whose
+  handling raises anyway is counted (`failed`) and skipped (see faults.py); what the engine
+  drops is counted per source (`dropped`).
 """
 
 from __future__ import annotations
@@ -45,6 +48,16 @@ from rolloutd.core.engine import Engine
 from rolloutd.core.events import Command, CommandName, Event, Rejection, decode_many
 from rolloutd.core.flagwatch import CONFIRMED, FlagWatch, Observation
 from rolloutd.core.spec import EngineSpec
+from rolloutd.faults import (
+    DROP_REASONS,
+    Origin,
+    count_drops,
+    drops,
+    guard_for,
+    index_of,
+    report_failure,
+    take_decoded,
+)
 
 log = logging.getLogger("rolloutd.pipeline")
 decision_log = structlog.get_logger("rolloutd.decisions")
@@ -88,6 +101,8 @@ class PipelineStats:
     flag_confirmed: int = 0
     batches: int = 0  # commits
     deferred: int = 0  # Kafka batches left to the next commit
+    failed: Counter[str] = field(default_factory=Counter)  # by source: handling raised
+    dropped: Counter[tuple[str, str]] = field(default_factory=Counter)  # (source, reason)
 
 
 RECENT = 50  # decisions kept per rollout for the admin API
@@ -137,8 +152,10 @@ class Pipeline:
         cdc: CdcRouter | None = None,
         flags: FlagTableWatch | None = None,
         checkpoint: float = 0.0,
+        max_future_skew: float = 300.0,
     ) -> None:
         self.spec = spec
+        self.max_future_skew = max_future_skew  # events dated later than now + this: rejected
         # Kafka batches that decide nothing wait up to this long (engine time) to be
         # written; their offsets wait with them, so state and offsets always match.
         self.checkpoint = checkpoint
@@ -183,17 +200,20 @@ class Pipeline:
         batch: Sequence[tuple[str, Sequence[bytes | None], Sequence[bytes | None]]],
         now: float,
         offsets: dict[tuple[str, int], int],
+        origins: Sequence[tuple[int, Sequence[int]]] | None = None,
     ) -> list[OutboxItem]:
-        """A Kafka batch: event topics and CDC topics, one commit for all of it."""
+        """A Kafka batch: event topics and CDC topics, one commit for all of it. `origins`:
+        per entry of `batch`, its partition and its messages' offsets (for log lines)."""
         now = self._monotonic(now)
         cdc = self.cdc
-        for topic, keys, values in batch:
+        for i, (topic, keys, values) in enumerate(batch):
+            origin = Origin(topic) if origins is None else Origin(topic, *origins[i])
             if self.flags is not None and topic == self.flags.config.topic:
                 self._ingest_flag_table(topic, keys, values, now)
             elif cdc is not None and topic in cdc.by_topic:
-                self._ingest_cdc(topic, keys, values, now)
+                self._ingest_cdc(topic, keys, values, now, origin)
             else:
-                self._ingest_events("kafka", values, now)
+                self._ingest_events("kafka", values, now, origin)
         if not self._outbox and now - self._written_at < self.checkpoint:
             self._pending.update(offsets)  # replayable from Kafka: written with the next
             self.stats.deferred += 1
@@ -205,19 +225,36 @@ class Pipeline:
         return self._commit({}) if self._pending else []
 
     def _ingest_cdc(
-        self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes | None], now: float
+        self,
+        topic: str,
+        keys: Sequence[bytes | None],
+        values: Sequence[bytes | None],
+        now: float,
+        origin: Origin,
     ) -> None:
         assert self.cdc is not None
-        for key, value in zip(keys, values, strict=True):
-            events = self.cdc.handle(topic, key, value, now)
+        before = drops(self.engine.stats)
+        for index, (key, value) in enumerate(zip(keys, values, strict=True)):
+            # One change must not stop the intake: what handling it raises is counted and
+            # skipped (only the checker's and the engine's work, not our publishing).
+            try:
+                events = self.cdc.handle(topic, key, value, now)
+            except Exception as exc:
+                report_failure(self.stats.failed, "cdc", origin.describe(index), exc)
+                continue
             if isinstance(events, Rejection):
                 self._reject("cdc", events.reason, events.detail)
                 continue
             self.stats.events["cdc"] += 1
             for event in events:
-                decisions = self.engine.handle(event, now)
+                try:
+                    decisions = self.engine.handle(event, now)
+                except Exception as exc:
+                    report_failure(self.stats.failed, "cdc", origin.describe(index), exc)
+                    continue
                 if decisions:
                     self._decided(decisions)
+        count_drops(self.stats.dropped, "cdc", before, self.engine.stats)
         self._cdc_changed = True
 
     def _ingest_flag_table(
@@ -288,22 +325,43 @@ class Pipeline:
         payloads: Sequence[bytes | None],
         now: float,
         offsets: dict[tuple[str, int], int] | None = None,
+        topic: str | None = None,
     ) -> list[OutboxItem]:
         now = self._monotonic(now)
-        self._ingest_events(source, payloads, now)
+        self._ingest_events(source, payloads, now, Origin(topic))
         return self._commit(offsets or {})
 
-    def _ingest_events(self, source: str, payloads: Sequence[bytes | None], now: float) -> None:
+    def expect_sources(self, sources: Iterable[str]) -> None:
+        """Show the failure and drop counts of these sources from the start, at 0."""
+        for source in sources:
+            self.stats.failed[source] += 0
+            for reason in DROP_REASONS:
+                self.stats.dropped[(source, reason)] += 0
+
+    def _ingest_events(
+        self, source: str, payloads: Sequence[bytes | None], now: float, origin: Origin
+    ) -> None:
         def slow(payload: bytes | None) -> int:
-            return self._ingest_slowly(source, payload, now)
+            return self._ingest_slowly(source, payload, now, guard, payloads)
 
         def decided(event: Event, decisions: list[Decision]) -> None:
             self._decided_by(event, decisions, now)
 
-        taken = intake.take(self.engine, payloads, now, MAX_PAYLOAD_BYTES, slow, decided)
+        skew, failed = self.max_future_skew, self.stats.failed
+        guard = guard_for(source, origin, now, skew, failed, self._reject)
+        before = drops(self.engine.stats)
+        taken = intake.take(self.engine, payloads, now, MAX_PAYLOAD_BYTES, slow, decided, guard)
+        count_drops(self.stats.dropped, source, before, self.engine.stats)
         self.stats.events[source] += taken
 
-    def _ingest_slowly(self, source: str, payload: bytes | None, now: float) -> int:
+    def _ingest_slowly(
+        self,
+        source: str,
+        payload: bytes | None,
+        now: float,
+        guard: intake.Guard,
+        payloads: Sequence[bytes | None],
+    ) -> int:
         """No payload, too large, an array of events, or something to reject: the events
         taken."""
         if payload is None:
@@ -315,11 +373,14 @@ class Pipeline:
         events, rejections = decode_many(payload)
         for rejection in rejections:
             self._reject(source, rejection.reason, rejection.detail)
-        for event in events:
-            decisions = self.engine.handle(event, now)
-            if decisions:
-                self._decided_by(event, decisions, now)
-        return len(events)
+
+        def decided(event: Event, decisions: list[Decision]) -> None:
+            self._decided_by(event, decisions, now)
+
+        def index() -> int:
+            return index_of(payloads, payload)
+
+        return take_decoded(self.engine, events, now, guard, index, decided)
 
     def _decided_by(self, event: Event, decisions: list[Decision], now: float) -> None:
         if self.latency is not None:
@@ -376,8 +437,10 @@ class Pipeline:
         now = self._monotonic(now)
         decisions = self.engine.advance(now)
         if self.cdc is not None:
+            before = drops(self.engine.stats)
             for event in self.cdc.tick(now):
                 decisions += self.engine.handle(event, now)
+            count_drops(self.stats.dropped, "cdc", before, self.engine.stats)
             self._cdc_changed = True
         if decisions:
             self._decided(decisions)

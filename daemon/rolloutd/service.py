@@ -31,7 +31,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from rolloutd import __version__, heap, logs
 from rolloutd.adapters import connections
 from rolloutd.adapters.http import AdminContext, build_app
-from rolloutd.adapters.kafka import Fetched, KafkaConsumerLoop, KafkaPublisher
+from rolloutd.adapters.kafka import Fetched, KafkaConsumerLoop, KafkaPublisher, Origins
 from rolloutd.adapters.known_series import known_series
 from rolloutd.adapters.metrics import DaemonState, build_registry
 from rolloutd.adapters.mqtt import MqttLink
@@ -93,6 +93,12 @@ def sinks_of(config: Config) -> Sinks:
     )
 
 
+def _sources_of(config: Config) -> list[str]:
+    """The sources whose events the pipeline counts, as they label its metrics."""
+    sources = [name for name in ("kafka", "mqtt") if getattr(config.sources, name) is not None]
+    return [*sources, "cdc"] if config.migrations else sources
+
+
 def _sibling(prefix: str, name: str) -> str:
     """rollouts/flags -> rollouts/breakers."""
     parent, _, _ = prefix.rstrip("/").rpartition("/")
@@ -139,8 +145,10 @@ class Service:
             cdc,
             flags,
             checkpoint=config.state.checkpoint,
+            max_future_skew=config.sources.max_future_skew,
         )
         self.pipeline.confirm_delay = confirm_delay.observe
+        self.pipeline.expect_sources(_sources_of(config))
         if cdc is not None:
             self.state.migrations = cdc.metrics
         self.alerts = AlertDispatcher(config.alerts, self.pipeline.confirm)
@@ -173,10 +181,12 @@ class Service:
         return update
 
     def _on_mqtt(self, topic: str, payload: bytes) -> None:
-        self.outbox.add(self.pipeline.ingest("mqtt", [payload], self.clock()))
+        self.outbox.add(self.pipeline.ingest("mqtt", [payload], self.clock(), topic=topic))
 
-    async def _on_kafka(self, batch: Fetched, offsets: dict[tuple[str, int], int]) -> None:
-        items = self.pipeline.ingest_topics(batch, self.clock(), offsets)
+    async def _on_kafka(
+        self, batch: Fetched, offsets: dict[tuple[str, int], int], origins: Origins
+    ) -> None:
+        items = self.pipeline.ingest_topics(batch, self.clock(), offsets, origins)
         self.outbox.add(items)
 
     async def _ticker(self) -> None:

@@ -29,8 +29,10 @@ MAX_RECORDS = 5000
 
 # A fetched batch: per topic, the message keys and values (in offset order per partition).
 Fetched = list[tuple[str, list[bytes | None], list[bytes | None]]]
-# (batch, next offset per partition) -> None, once the batch is persisted
-BatchHandler = Callable[[Fetched, dict[tuple[str, int], int]], Awaitable[None]]
+# Per entry of a batch, its partition and the offsets of its messages (for log lines).
+Origins = list[tuple[int, list[int]]]
+# (batch, next offset per partition, origins) -> None, once the batch is persisted
+BatchHandler = Callable[[Fetched, dict[tuple[str, int], int], Origins], Awaitable[None]]
 
 
 def client_options(source: KafkaSource) -> dict[str, Any]:
@@ -127,11 +129,13 @@ class KafkaConsumerLoop:
                 continue
             batch: Fetched = []
             positions: dict[tuple[str, int], int] = {}
+            origins: Origins = []
             for tp, messages in fetched.items():
                 keys = [message.key for message in messages]
                 batch.append((tp.topic, keys, [message.value for message in messages]))
                 positions[(tp.topic, tp.partition)] = messages[-1].offset + 1
-            await self.handle(batch, positions)
+                origins.append((tp.partition, [message.offset for message in messages]))
+            await self.handle(batch, positions, origins)
             self.offsets.update(positions)
             for tp in fetched:
                 end = consumer.highwater(tp)

@@ -21,8 +21,9 @@ from rolloutd.config import Config
 from rolloutd.core.decisions import AnyDecision, BreakerDecision
 from rolloutd.core.events import REJECTION_REASONS
 
-# The reasons the pipeline gives before decoding (no payload, a payload over the limit).
-PAYLOAD_REASONS = ("empty", "too_large")
+# The reasons the pipeline gives outside the decoder (no payload, a payload over the limit,
+# an event dated too far ahead of the clock).
+PAYLOAD_REASONS = ("empty", "too_large", "future_timestamp")
 ALERT_STATUSES: tuple[str, ...] = get_args(Status)
 VALIDATION_KINDS = ("missing", "extra", "mismatch")
 

@@ -54,6 +54,7 @@ class RolloutdCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._rollouts()
         yield from self._pipeline_counters()
+        yield from self._event_fates()
         yield from self._daemon()
 
     def _rollouts(self) -> Iterator[Metric]:
@@ -131,6 +132,26 @@ class RolloutdCollector(Collector):
         for rollout, n in _from_zero(stats.flag_drift, known.flag_drift):
             drift.add_metric([rollout], n)
         yield from (events, invalid, decisions, rollbacks, drift)
+
+    def _event_fates(self) -> Iterator[Metric]:
+        """Events that were valid but failed, or that the engine took and could not use."""
+        stats = self.pipeline().stats
+        failed = CounterMetricFamily(
+            "rolloutd_events_failed",
+            "Events whose handling raised; each was logged and skipped",
+            labels=["source"],
+        )
+        for source, n in sorted(stats.failed.items()):
+            failed.add_metric([source], n)
+        dropped = CounterMetricFamily(
+            "rolloutd_events_dropped",
+            "Events taken but of no use: too_old (older than every window), unrouted (for no "
+            "configured rollout), ignored (a cohort or metric no trigger reads)",
+            labels=["source", "reason"],
+        )
+        for (source, reason), n in sorted(stats.dropped.items()):
+            dropped.add_metric([source, reason], n)
+        yield from (failed, dropped)
 
     def _daemon(self) -> Iterator[Metric]:
         state = self.state

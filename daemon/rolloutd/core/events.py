@@ -18,7 +18,7 @@ import re
 import sys
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Final, Literal, get_args
 
 import msgspec
 from msgspec import Meta
@@ -28,8 +28,26 @@ _MAX = sys.float_info.max
 # JSON cannot spell NaN, and msgspec refuses numbers beyond the float range ("Number out of
 # range"); the explicit bounds keep infinities out even if a parser ever produced them.
 Finite = Annotated[float, Meta(ge=-_MAX, le=_MAX)]
-NonNegative = Annotated[float, Meta(ge=0.0, le=_MAX)]
-NonNegativeInt = Annotated[int, Meta(ge=0)]
+
+# The documented range of every number an event carries (README, "Events in"). They are
+# generous, and they keep every event inside what the compiled engine stores: its request
+# counts are i64 sums over a window (2**63 / 2**40 leaves room for 2**23 of the largest
+# batches in one window), and a bucket number must fit an i64 too.
+MAX_COUNT: Final = 2**40
+MAX_LATENCY_MS: Final = 1e9  # about 11.6 days
+MAX_VALUE: Final = 2.0**63  # gauges and counters: nanosecond timestamps still fit
+MAX_LATENCY_SAMPLES: Final = 2**20  # sampled latencies in one `requests` event
+MAX_STATUS: Final = 999
+MIN_TS: Final = 0.0  # 1970-01-01T00:00:00Z
+END_TS: Final = 253_402_300_800.0  # 10000-01-01T00:00:00Z: the last year allowed is 9999
+
+Timestamp = Annotated[float, Meta(ge=MIN_TS, lt=END_TS)]
+Latency = Annotated[float, Meta(ge=0.0, le=MAX_LATENCY_MS)]
+Amount = Annotated[int, Meta(ge=0, le=MAX_COUNT)]
+GaugeValue = Annotated[float, Meta(ge=-MAX_VALUE, le=MAX_VALUE)]
+CounterValue = Annotated[float, Meta(ge=0.0, le=MAX_VALUE)]
+Status = Annotated[int, Meta(ge=0, le=MAX_STATUS)]
+Latencies = Annotated[tuple[Latency, ...], Meta(max_length=MAX_LATENCY_SAMPLES)]
 
 CommandName = Literal[
     "start", "promote", "pause", "resume", "abort", "retry", "rollback", "set_percent"
@@ -47,6 +65,7 @@ REJECTION_REASONS: tuple[str, ...] = (
     "unknown_type",
     "bad_timestamp",
     "bad_value",
+    "out_of_range",
 )
 _DETAIL_LIMIT = 200
 
@@ -63,7 +82,11 @@ def _unix_seconds(ts: object) -> float:
     if isinstance(ts, datetime):
         if ts.tzinfo is None:
             raise _Invalid("bad_timestamp", "timestamp has no UTC offset - at `$.ts`")
-        return ts.timestamp()
+        seconds = ts.timestamp()
+        if not MIN_TS <= seconds < END_TS:
+            text = f"timestamp {ts.isoformat()} is outside years 1970..9999 - at `$.ts`"
+            raise _Invalid("out_of_range", text)
+        return seconds
     if isinstance(ts, int | float):
         return float(ts)
     raise TypeError(f"ts must be a number or an aware datetime, not {type(ts).__name__}")
@@ -78,7 +101,7 @@ class _EventBase(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field=
     if TYPE_CHECKING:
         ts: float
     else:
-        ts: Finite | datetime
+        ts: Timestamp | datetime
     rollout: str | None = None
     cohort: str = "canary"
     service: str | None = None
@@ -96,8 +119,8 @@ class Request(_EventBase, tag="request", frozen=True, kw_only=True, gc=False):
         ok: bool
     else:
         ok: bool | None = None
-    latency_ms: NonNegative | None = None
-    status: int | None = None
+    latency_ms: Latency | None = None
+    status: Status | None = None
 
     def __post_init__(self) -> None:
         if self.ts.__class__ is not float:
@@ -111,10 +134,10 @@ class Request(_EventBase, tag="request", frozen=True, kw_only=True, gc=False):
 class Requests(_EventBase, tag="requests", frozen=True, kw_only=True, gc=False):
     """A pre-aggregated batch of calls, with optional sampled latencies."""
 
-    count: NonNegativeInt
-    errors: NonNegativeInt
-    slow: NonNegativeInt = 0
-    latency_ms: tuple[NonNegative, ...] = ()
+    count: Amount
+    errors: Amount
+    slow: Amount = 0
+    latency_ms: Latencies = ()
 
     def __post_init__(self) -> None:
         if self.ts.__class__ is not float:
@@ -131,14 +154,14 @@ class Gauge(_EventBase, tag="gauge", frozen=True, kw_only=True, gc=False):
     """A level; the last value wins."""
 
     name: str
-    value: Finite
+    value: GaugeValue
 
 
 class Counter(_EventBase, tag="counter", frozen=True, kw_only=True, gc=False):
     """An increment added to a counter."""
 
     name: str
-    value: NonNegative
+    value: CounterValue
 
 
 class Command(_EventBase, tag="command", frozen=True, kw_only=True, gc=False):
@@ -262,6 +285,8 @@ def _explain(data: bytes | str | msgspec.Raw, err: Exception) -> tuple[str, str]
 _WRONG_TYPE = re.compile(r"Expected `[^`]*`, got `[^`]*`")
 _NEGATIVE = re.compile(r"Expected `(?:int|float)` >= 0")
 _FLOAT_LIMIT = re.compile(r"Expected `float` [<>]= -?1\.7976931348623157e\+308")
+# A documented range (README): a bound on a number, or on the length of an array.
+_OUT_OF_RANGE = re.compile(r"Expected `(?:(?:int|float)` [<>]=? |array` of length <= )")
 
 
 def _reason_for(message: str) -> str:
@@ -282,6 +307,8 @@ def _reason_for(message: str) -> str:
         return "bad_timestamp"
     if _WRONG_TYPE.match(text):
         return "wrong_type"
-    if _NEGATIVE.match(text):
+    if _NEGATIVE.match(text) and path != "$.ts":
         return "negative"
+    if _OUT_OF_RANGE.match(text):
+        return "out_of_range"
     return "bad_value"
