@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
@@ -13,8 +14,12 @@ from typing import IO
 
 from rolloutd import __version__
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+# Exit codes (README, "Exit codes"): 1 a failure (check-config found errors, a task died),
+# 2 bad configuration or environment (systemd's RestartPreventExitStatus=2: retrying cannot
+# help), 3 a command the daemon refused, 130 interrupted.
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEMO_SCENARIO = "checkout-incident"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,7 +78,9 @@ def _admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument(
-            "--url", help="admin API base URL (env ROLLOUTD_URL; default 127.0.0.1:9108)"
+            "--url",
+            help="admin API base URL: http://HOST:PORT or HOST:PORT"
+            " (env ROLLOUTD_URL; default http://127.0.0.1:9108)",
         )
         p.add_argument("--token", help="bearer token for mutations (env ROLLOUTD_TOKEN)")
 
@@ -93,6 +100,17 @@ def _admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `rolloutd replay ... | head`: the reader left, nothing to say
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_INVALID
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "status" or args.command in ADMIN:
         from rolloutd.client import run as run_client
 
@@ -125,7 +143,11 @@ def _run(config_path: Path, fresh: bool, grace: float, level: str, fmt: str) -> 
     from rolloutd.config import ConfigError, load_config
     from rolloutd.service import Service
 
-    logs.configure(level, fmt)
+    if level.upper() not in LOG_LEVELS:
+        choices = ", ".join(LOG_LEVELS)
+        print(f"rolloutd: --log-level {level!r}: expected one of {choices}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure(level.upper(), fmt)
     try:
         config = load_config(config_path)
     except ConfigError as exc:
@@ -135,7 +157,8 @@ def _run(config_path: Path, fresh: bool, grace: float, level: str, fmt: str) -> 
     try:
         service = Service(config, fresh=fresh, grace=grace, config_path=config_path)
     except StoreError as exc:
-        print(f"rolloutd: {exc} (run with --fresh to start from an empty state)", file=sys.stderr)
+        hint = " (run with --fresh to start from an empty state)" if exc.fresh_helps else ""
+        print(f"rolloutd: {exc}{hint}", file=sys.stderr)
         return EXIT_USAGE
     return asyncio.run(service.run())
 
@@ -173,7 +196,7 @@ def _replay(config_path: Path, events: Path, out_path: Path | None, quiet: bool)
             lines = stack.enter_context(_open_events(events))
             out = _open_out(stack, out_path)
         except OSError as exc:
-            print(f"rolloutd replay: {exc}", file=sys.stderr)
+            print(f"rolloutd replay: {exc.filename}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
         summary = replay(spec, _lines(lines), out, sys.stderr)
         out.flush()

@@ -7,15 +7,18 @@ Every failure is a one-line message and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import getpass
+import http.client
 import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:9108"
-EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 3
+# The exit codes, as the README documents them: 2 is a bad --url (usage), as for `run`.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 
 
 class ClientError(Exception):
@@ -24,30 +27,69 @@ class ClientError(Exception):
         self.code = code
 
 
+def base_url(given: str | None) -> str:
+    """The admin API's base URL: `http://host:port` or `host:port` (http implied), with an
+    optional path prefix (behind a proxy) and trailing slash. ClientError for anything else."""
+    text = (given or DEFAULT_URL).strip()
+    if "://" not in text:
+        text = f"http://{text}"
+    try:
+        parts = urllib.parse.urlsplit(text)
+        # `port` parses the port: a bad one raises here rather than inside the request.
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+        valid = valid and not parts.query and not parts.fragment
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ClientError(
+            f"--url {given!r}: not an admin API base URL (like http://127.0.0.1:9108)",
+            EXIT_USAGE,
+        )
+    return text.rstrip("/")
+
+
 def _request(url: str, method: str = "GET", token: str | None = None, body: Any = None) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method)
     request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
+    base = url.split("/api/")[0]
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read() or b"{}")
+            raw = response.read()
     except urllib.error.HTTPError as exc:
-        raise _http_error(exc) from None
+        raise _http_error(exc, base, token) from None
     except urllib.error.URLError as exc:
-        raise ClientError(
-            f"cannot reach rolloutd at {url.split('/api/')[0]}: {exc.reason}"
-        ) from None
+        raise ClientError(f"cannot reach rolloutd at {base}: {_reason(exc.reason)}") from None
+    except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, broken answers
+        raise ClientError(f"cannot reach rolloutd at {base}: {_reason(exc)}") from None
+    try:
+        return json.loads(raw or b"{}")
+    except ValueError:
+        raise ClientError(f"{base} did not answer JSON: is it rolloutd's admin API?") from None
 
 
-def _http_error(exc: urllib.error.HTTPError) -> ClientError:
+def _reason(reason: object) -> str:
+    """`connection refused`, not `[Errno 111] Connection refused`."""
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror[:1].lower() + reason.strerror[1:]
+    if isinstance(reason, TimeoutError):
+        return "timed out"
+    return str(reason) or type(reason).__name__
+
+
+def _http_error(exc: urllib.error.HTTPError, base: str, token: str | None) -> ClientError:
     try:
         detail = json.loads(exc.read()).get("error", "")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, OSError, http.client.HTTPException):
         detail = ""
+    if exc.code == 401 and token:
+        return ClientError(f"token refused by {base}: --token or ROLLOUTD_TOKEN is not its token")
     if exc.code == 401:
-        return ClientError("unauthorized: set --token or ROLLOUTD_TOKEN to the daemon's http.token")
+        return ClientError(
+            f"{base} needs a token for this: set --token or ROLLOUTD_TOKEN to its http.token"
+        )
     if exc.code == 403:
         return ClientError(f"forbidden: {detail}")
     if exc.code == 409:
@@ -57,7 +99,7 @@ def _http_error(exc: urllib.error.HTTPError) -> ClientError:
 
 def status(url: str, name: str | None) -> str:
     if name:
-        return _render([_request(f"{url}/api/v1/rollouts/{name}")], detail=True)
+        return _render([_request(f"{url}/api/v1/rollouts/{_quote(name)}")], detail=True)
     text = _render(_request(f"{url}/api/v1/rollouts")["rollouts"], detail=False)
     breakers = _request(f"{url}/api/v1/breakers")["breakers"]
     if breakers:
@@ -75,6 +117,10 @@ def status(url: str, name: str | None) -> str:
             for m in migrations
         )
     return text
+
+
+def _quote(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
 
 
 def _kinds(failures: dict[str, int]) -> str:
@@ -112,18 +158,26 @@ def _num(value: float | None) -> str:
 
 
 def command(url: str, token: str | None, name: str, cmd: str, body: dict[str, Any]) -> str:
-    result = _request(f"{url}/api/v1/rollouts/{name}/{cmd}", "POST", token, body)
+    result = _request(f"{url}/api/v1/rollouts/{_quote(name)}/{cmd}", "POST", token, body)
     return "\n".join(json.dumps(d) for d in result["decisions"])
 
 
-def run(args: Any) -> int:
-    url = (args.url or os.environ.get("ROLLOUTD_URL") or DEFAULT_URL).rstrip("/")
-    token = args.token or os.environ.get("ROLLOUTD_TOKEN")
+def _user() -> str:
     try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user with no name and no $USER
+        return "unknown"
+
+
+def run(args: Any) -> int:
+    token = args.token or os.environ.get("ROLLOUTD_TOKEN")
+    url = ""
+    try:
+        url = base_url(args.url or os.environ.get("ROLLOUTD_URL"))
         if args.command == "status":
             print(status(url, args.name))
             return EXIT_OK
-        body: dict[str, Any] = {"actor": args.actor or getpass.getuser()}
+        body: dict[str, Any] = {"actor": args.actor or _user()}
         if args.command == "set-percent":
             body["percent"] = args.percent
         if getattr(args, "full", False):
@@ -133,3 +187,6 @@ def run(args: Any) -> int:
     except ClientError as exc:
         print(f"rolloutd {args.command}: {exc}", file=sys.stderr)
         return exc.code
+    except (KeyError, TypeError, IndexError):  # JSON, but not the shape rolloutd answers
+        print(f"rolloutd {args.command}: {url} gave an unexpected answer", file=sys.stderr)
+        return EXIT_FAILED

@@ -168,24 +168,100 @@ class _Model(BaseModel):
 class Baseline(_Model):
     """Relative bound: `factor` x the same metric over the same window in another cohort."""
 
-    cohort: Text = "control"
-    factor: float = Field(gt=0)
+    cohort: Text = Field(
+        "control",
+        description=(
+            "The cohort compared against (default control); must differ from the trigger's cohort."
+        ),
+    )
+    factor: float = Field(
+        gt=0,
+        description=(
+            "The bound is factor x the same metric over the same window in the baseline cohort; > "
+            "0."
+        ),
+    )
 
 
 class Trigger(_Model):
     """A rollback trigger: a condition over a sliding window, and what to do when it holds."""
 
-    metric: Metric
-    cohort: Text = "canary"
-    window: PositiveDuration | None = None  # required, except for breaker: metrics
-    op: Op
-    threshold: float | None = None
-    baseline: Baseline | None = None
-    for_: Duration = Field(0.0, alias="for")
-    min_samples: int = Field(0, ge=0)
-    action: Literal["rollback", "pause", "alert"] = "rollback"
-    severity: Severity = "critical"
-    after_completion: bool = False
+    metric: Metric = Field(
+        description=(
+            "What to measure: error_rate, availability, request_rate (requests per second over the "
+            "window), latency_p50/p90/p95/p99 (milliseconds) from request events; gauge:<name> "
+            "(last value in the window), counter:<name> (sum in the window), or breaker:<name> (1 "
+            "while that breaker is open, else 0)."
+        )
+    )
+    cohort: Text = Field(
+        "canary",
+        description=(
+            "Which side of the split to measure (the events' `cohort` field). Default canary."
+        ),
+    )
+    window: PositiveDuration | None = Field(
+        None,
+        description=(
+            "Sliding window the metric is computed over: a duration > 0, a whole number of "
+            "engine.bucket. Required, except for breaker: metrics."
+        ),
+    )
+    op: Op = Field(
+        description=(
+            "Comparison: >, >=, <, <= (quote them in YAML), or unchanged / absent (gauge: and "
+            "counter: metrics only): unchanged fires when the window has samples but no change, "
+            "absent when it holds no sample."
+        )
+    )
+    threshold: float | None = Field(
+        None,
+        description=(
+            "Absolute bound. With a baseline too it is a floor (for > and >=) or a ceiling (for < "
+            "and <=) on the relative bound."
+        ),
+    )
+    baseline: Baseline | None = Field(
+        None,
+        description=(
+            "Relative bound: factor x the same metric over the same window in another cohort. With "
+            "a threshold too the bound is max(threshold, factor x baseline) for > and >=, min(...) "
+            "for < and <=."
+        ),
+    )
+    for_: Duration = Field(
+        0.0,
+        alias="for",
+        description=(
+            "How long the condition must hold without interruption before the trigger fires; "
+            "meanwhile it is pending and blocks advancing. 0 (default) fires at once."
+        ),
+    )
+    min_samples: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Requests (or samples, for gauges and counters) needed in the window in every cohort "
+            "the trigger uses before it judges; fewer is insufficient data, neither ok nor a "
+            "breach. Default 0."
+        ),
+    )
+    action: Literal["rollback", "pause", "alert"] = Field(
+        "rollback",
+        description=(
+            "On firing: rollback (percent 0, default), pause (hold the percent until a resume "
+            "command) or alert (notify only)."
+        ),
+    )
+    severity: Severity = Field(
+        "critical", description="Severity for notifiers: critical (default), warning or info."
+    )
+    after_completion: bool = Field(
+        False,
+        description=(
+            "Keep watching after the rollout completed (guard at 100% for good). Default false."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_op(self) -> Self:
@@ -229,7 +305,11 @@ class Trigger(_Model):
 class InlineTrigger(Trigger):
     """A trigger defined inside one rollout; it needs its own name."""
 
-    name: Name
+    name: Name = Field(
+        description=(
+            "The trigger's name, unique within the rollout (letters, digits, '.', '_', '-')."
+        )
+    )
 
 
 def _trigger_ref_kind(value: object) -> str | None:
@@ -249,15 +329,40 @@ TriggerRef = Annotated[
 
 
 class Step(_Model):
-    percent: float = Field(ge=0, le=100)
-    hold: Duration | None = None
+    percent: float = Field(
+        ge=0,
+        le=100,
+        description=(
+            "Percent of users in the rollout at this step, 0..100; strictly increasing from step "
+            "to step."
+        ),
+    )
+    hold: Duration | None = Field(
+        None,
+        description=(
+            "How long to stay at this step before moving on (only while no trigger is pending or "
+            "firing). Required on every step but the last, whose hold is ignored (the rollout's "
+            "bake applies)."
+        ),
+    )
 
 
 class AdvanceWindow(_Model):
     """When steps may advance: a 5-field cron expression read as wall-clock time in a zone."""
 
-    cron: Annotated[Text, AfterValidator(_cron)]
-    timezone: Annotated[Text, AfterValidator(_time_zone)] = "UTC"
+    cron: Annotated[Text, AfterValidator(_cron)] = Field(
+        description=(
+            "Standard 5-field cron expression (minute hour day-of-month month day-of-week; *, n, "
+            "a-b, */n, a-b/n or comma lists; jan-dec, sun-sat). A moment is inside when its minute "
+            "matches; with both day fields restricted, a day matches when either does."
+        )
+    )
+    timezone: Annotated[Text, AfterValidator(_time_zone)] = Field(
+        "UTC",
+        description=(
+            "IANA time zone the expression is read in (wall-clock time, DST included). Default UTC."
+        ),
+    )
 
     def to_spec(self) -> CronWindow:
         return parse_cron(self.cron, ZoneInfo(self.timezone))
@@ -266,17 +371,68 @@ class AdvanceWindow(_Model):
 class Rollout(_Model):
     """One flag moved through steps, guarded by triggers."""
 
-    name: Name
-    flag: Name
-    start: Literal["immediately", "manual"] = "immediately"
-    start_at: Timestamp | None = None
-    steps: tuple[Step, ...] = Field(min_length=1)
-    bake: Duration = 0.0
-    advance_window: AdvanceWindow | None = None
+    name: Name = Field(
+        description="Unique rollout name, used in commands, the API and metric labels."
+    )
+    flag: Name = Field(
+        description=(
+            "The feature flag whose percentage this rollout sets; no flag may be driven by two "
+            "rollouts."
+        )
+    )
+    start: Literal["immediately", "manual"] = Field(
+        "immediately",
+        description=(
+            "immediately (default): start at daemon start (replay: at the first event); manual: "
+            "wait for a start command."
+        ),
+    )
+    start_at: Timestamp | None = Field(
+        None,
+        description=(
+            "Only with start: immediately. Start no earlier than this RFC 3339 moment with a UTC "
+            "offset (Z for UTC), at the first evaluation point at or after it. A start command "
+            "before then starts at once."
+        ),
+    )
+    steps: tuple[Step, ...] = Field(
+        min_length=1,
+        description=(
+            "The percentages to walk through, each with its hold; the last step is promoted and "
+            "baked."
+        ),
+    )
+    bake: Duration = Field(
+        0.0,
+        description=(
+            "How long triggers stay armed at the last step before the rollout is completed. "
+            "Default 0."
+        ),
+    )
+    advance_window: AdvanceWindow | None = Field(
+        None,
+        description=(
+            "Steps advance (a hold elapsed -> the next step) only inside this cron window; a hold "
+            "that ends outside it waits for the next opening. Rollbacks, pauses, alerts, commands "
+            "and the end of the bake act at any time."
+        ),
+    )
     # When the flag table disagrees with what was decided: alert, revert (publish the
     # decided state again) or adopt (take the table's value and pause).
-    drift: Literal["alert", "revert", "adopt"] = "alert"
-    triggers: tuple[TriggerRef, ...] = ()
+    drift: Literal["alert", "revert", "adopt"] = Field(
+        "alert",
+        description=(
+            "When the flag table disagrees with the decided percent: alert (default), revert "
+            "(publish the decided state again) or adopt (take the table's value and pause)."
+        ),
+    )
+    triggers: tuple[TriggerRef, ...] = Field(
+        (),
+        description=(
+            "Names of triggers in the top-level triggers section and/or inline triggers (with a "
+            "name), evaluated in this order; a name may appear once."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_start_at(self) -> Self:
@@ -308,9 +464,15 @@ class Rollout(_Model):
 
 
 class _TlsFiles(_Model):
-    ca_file: Text | None = None
-    cert_file: Text | None = None
-    key_file: Text | None = None
+    ca_file: Text | None = Field(
+        None, description="PEM CA bundle to verify the server with (TLS only)."
+    )
+    cert_file: Text | None = Field(
+        None, description="PEM client certificate (TLS only); goes together with key_file."
+    )
+    key_file: Text | None = Field(
+        None, description="PEM private key of the client certificate; goes together with cert_file."
+    )
 
     @model_validator(mode="after")
     def _check_pair(self) -> Self:
@@ -321,10 +483,24 @@ class _TlsFiles(_Model):
 
 
 class KafkaSecurity(_TlsFiles):
-    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    username: Text | None = None
-    password: SecretStr | None = None
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="PLAINTEXT (default), SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None,
+        description=(
+            "With SASL_*: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (required with SASL, not used "
+            "otherwise)."
+        ),
+    )
+    username: Text | None = Field(
+        None,
+        description="With SASL_*: the SASL user name (required with SASL, not used otherwise).",
+    )
+    password: SecretStr | None = Field(
+        None,
+        description="With SASL_*: the SASL password, a secret (give it as ${VAR}; never logged).",
+    )
 
     @model_validator(mode="after")
     def _check_protocol(self) -> Self:
@@ -340,29 +516,77 @@ class KafkaSecurity(_TlsFiles):
 
 
 class KafkaTopics(_Model):
-    metrics: Topics = ("rollout.metrics",)
-    commands: Text | None = "rollout.commands"
+    metrics: Topics = Field(
+        ("rollout.metrics",),
+        description=(
+            "Topics carrying event JSON (requests, gauges, counters): a list or one name. Default "
+            "[rollout.metrics]; [] consumes no metrics from Kafka."
+        ),
+    )
+    commands: Text | None = Field(
+        "rollout.commands",
+        description="Topic of command events. Default rollout.commands; null consumes no commands.",
+    )
 
 
 class KafkaSource(_Model):
-    bootstrap_servers: Servers
+    bootstrap_servers: Servers = Field(
+        description="Kafka brokers as host:port: a list, or one comma-separated string."
+    )
     # null: no consumer group; every partition of the topics is assigned to this process
     # (one daemon per topic set), which skips the group join on start.
-    group_id: Text | None = "rolloutd"
-    client_id: Text = "rolloutd"
-    topics: KafkaTopics = KafkaTopics()
-    security: KafkaSecurity = KafkaSecurity()
-    auto_offset_reset: Literal["earliest", "latest"] = "latest"
+    group_id: Text | None = Field(
+        "rolloutd",
+        description=(
+            "Consumer group (default rolloutd). null: no group; every partition of the topics is "
+            "assigned to this process, which skips the group join on start."
+        ),
+    )
+    client_id: Text = Field("rolloutd", description="Kafka client id. Default rolloutd.")
+    topics: KafkaTopics = Field(
+        KafkaTopics(), description="The topics events and commands are read from."
+    )
+    security: KafkaSecurity = Field(
+        KafkaSecurity(), description="How to connect: protocol, SASL credentials, TLS files."
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "latest",
+        description=(
+            "Where partitions without a stored offset start: latest (default: act on fresh "
+            "evidence only) or earliest."
+        ),
+    )
 
 
 class MqttSource(_TlsFiles):
-    url: MqttUrl
-    topics: Topics = ()
-    client_id: Text = "rolloutd"
-    username: Text | None = None
-    password: SecretStr | None = None
-    qos: Literal[0, 1, 2] = 1
-    clean_session: bool = True
+    url: MqttUrl = Field(
+        description=(
+            "mqtt://host[:port] or mqtts://host[:port] (TLS); credentials go in username/password, "
+            "not here."
+        )
+    )
+    topics: Topics = Field(
+        (),
+        description=(
+            "Topic filters to subscribe to (wildcards allowed); payloads are event JSON. A list or "
+            "a single filter."
+        ),
+    )
+    client_id: Text = Field("rolloutd", description="MQTT client id. Default rolloutd.")
+    username: Text | None = Field(None, description="MQTT user name; optional.")
+    password: SecretStr | None = Field(
+        None,
+        description="MQTT password, a secret (give it as ${VAR}; never logged); needs username.",
+    )
+    qos: Literal[0, 1, 2] = Field(
+        1, description="0, 1 (default) or 2: for subscriptions and flag messages."
+    )
+    clean_session: bool = Field(
+        True,
+        description=(
+            "true (default): no queued backlog across restarts; false: a persistent session."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_auth(self) -> Self:
@@ -375,8 +599,13 @@ class MqttSource(_TlsFiles):
 
 
 class Sources(_Model):
-    kafka: KafkaSource | None = None
-    mqtt: MqttSource | None = None
+    kafka: KafkaSource | None = Field(
+        None,
+        description=(
+            "Read events and commands from Kafka (also needed for migrations and flag_table)."
+        ),
+    )
+    mqtt: MqttSource | None = Field(None, description="Read events from MQTT.")
     max_future_skew: Duration = Field(
         300.0,
         description="Events dated more than this after the daemon's clock are rejected "
@@ -386,29 +615,78 @@ class Sources(_Model):
 
 
 class KafkaSink(_Model):
-    flags_topic: Text = "rollout.flags"
-    decisions_topic: Text = "rollout.decisions"
+    flags_topic: Text = Field(
+        "rollout.flags",
+        description=(
+            "Topic of flag state: one message per flag change, keyed by flag. Default "
+            "rollout.flags."
+        ),
+    )
+    decisions_topic: Text = Field(
+        "rollout.decisions",
+        description=(
+            "Topic of the decision log (audit), keyed by rollout. Default rollout.decisions."
+        ),
+    )
 
 
 class MqttSink(_Model):
-    flags_prefix: Text = "rollouts/flags"
+    flags_prefix: Text = Field(
+        "rollouts/flags",
+        description="Flag state is a retained message at <prefix>/<flag>. Default rollouts/flags.",
+    )
 
 
 class Sinks(_Model):
-    kafka: KafkaSink | None = None
-    mqtt: MqttSink | None = None
+    kafka: KafkaSink | None = Field(
+        None,
+        description=(
+            "Publish flag changes and decisions to Kafka (uses sources.kafka's connection)."
+        ),
+    )
+    mqtt: MqttSink | None = Field(
+        None,
+        description=(
+            "Publish flag changes to MQTT as retained messages (uses sources.mqtt's connection)."
+        ),
+    )
 
 
 class State(_Model):
-    path: Text = "./rolloutd-state.db"
+    path: Text = Field(
+        "./rolloutd-state.db",
+        description=(
+            "The SQLite state file (rollout and trigger states, alert outbox, consumer offsets); "
+            "relative to the working directory. Default ./rolloutd-state.db."
+        ),
+    )
     # Kafka batches that decide nothing are persisted with their offsets at most this often
     # (every batch with 0); a crash replays at most this much from Kafka, exactly once.
-    checkpoint: Duration = 1.0
+    checkpoint: Duration = Field(
+        1.0,
+        description=(
+            "A Kafka batch that decides nothing is written, with its offsets, at most this often "
+            "(0: every batch); after a crash at most this much is re-read, each event counting "
+            "once. Default 1s."
+        ),
+    )
 
 
 class Http(_Model):
-    listen: Listen = "127.0.0.1:9108"
-    token: SecretStr | None = None
+    listen: Listen = Field(
+        "127.0.0.1:9108",
+        description=(
+            "host:port of the admin API, /metrics and health checks ([::1]:9108 for IPv6). Default "
+            "127.0.0.1:9108."
+        ),
+    )
+    token: SecretStr | None = Field(
+        None,
+        description=(
+            "Bearer token required by mutating calls (promote, pause, ...), a secret (give it as "
+            "${VAR}); without it they are refused."
+        ),
+    )
     max_connections: int = Field(
         256,
         ge=1,
@@ -438,20 +716,43 @@ class Http(_Model):
 
 
 class Engine(_Model):
-    bucket: PositiveDuration = 1.0
+    bucket: PositiveDuration = Field(
+        1.0,
+        description=(
+            "Resolution of every sliding window: samples are summed per bucket, windows slide one "
+            "bucket at a time, every trigger window is a whole number of buckets. Default 1s."
+        ),
+    )
 
 
 class _Alert(_Model):
-    name: Name
+    name: Name = Field(description="Unique notifier name.")
     # None lets every severity / rollout through; an empty list would silence the notifier.
-    severities: Annotated[tuple[Severity, ...], Field(min_length=1)] | None = None
-    rollouts: Annotated[tuple[Name, ...], Field(min_length=1)] | None = None
-    send_resolved: bool = True
-    timeout: PositiveDuration = 10.0
+    severities: Annotated[tuple[Severity, ...], Field(min_length=1)] | None = Field(
+        None, description="Only alerts of these severities (default: all)."
+    )
+    rollouts: Annotated[tuple[Name, ...], Field(min_length=1)] | None = Field(
+        None, description="Only alerts of these rollouts (default: all)."
+    )
+    send_resolved: bool = Field(
+        True, description="Also notify when a trigger resolves. Default true."
+    )
+    timeout: PositiveDuration = Field(
+        10.0, description="Timeout of one delivery attempt. Default 10s."
+    )
     # Alerts of one rollout arriving within group_wait go out as one notification; 0: off.
-    group_wait: Duration = 0.0
+    group_wait: Duration = Field(
+        0.0,
+        description=(
+            "Alerts of one rollout arriving within this long go out as one notification; 0 "
+            "(default): off."
+        ),
+    )
     # A still-firing alert is sent again this often; 0: never.
-    repeat_interval: Duration = 4 * 3600.0
+    repeat_interval: Duration = Field(
+        4 * 3600.0,
+        description="A still-firing alert is sent again this often; 0: never. Default 4h.",
+    )
 
     def accepts(self, rollout: str, severity: str) -> bool:
         """Whether this notifier wants an alert; an absent filter lets everything through."""
@@ -461,26 +762,41 @@ class _Alert(_Model):
 
 
 class PagerDutyAlert(_Alert):
-    type: Literal["pagerduty"]
-    routing_key: SecretStr
-    url: HttpUrl = "https://events.pagerduty.com/v2/enqueue"
+    type: Literal["pagerduty"] = Field(description="pagerduty: PagerDuty Events API v2.")
+    routing_key: SecretStr = Field(
+        description="Events API v2 integration key, a secret (give it as ${VAR}; never logged)."
+    )
+    url: HttpUrl = Field(
+        "https://events.pagerduty.com/v2/enqueue",
+        description="Events API endpoint. Default https://events.pagerduty.com/v2/enqueue.",
+    )
 
 
 class SlackAlert(_Alert):
-    type: Literal["slack"]
-    webhook_url: SecretStr
+    type: Literal["slack"] = Field(description="slack: a Slack incoming webhook.")
+    webhook_url: SecretStr = Field(
+        description="Incoming webhook URL, a secret (give it as ${VAR}; never logged)."
+    )
 
 
 class AlertmanagerAlert(_Alert):
-    type: Literal["alertmanager"]
-    url: HttpUrl
-    headers: dict[Text, SecretStr] = Field(default_factory=dict)
+    type: Literal["alertmanager"] = Field(
+        description="alertmanager: Prometheus Alertmanager's API."
+    )
+    url: HttpUrl = Field(description="Alertmanager base URL.")
+    headers: dict[Text, SecretStr] = Field(
+        default_factory=dict,
+        description="Extra HTTP headers (such as Authorization); values are secrets.",
+    )
 
 
 class WebhookAlert(_Alert):
-    type: Literal["webhook"]
-    url: HttpUrl
-    headers: dict[Text, SecretStr] = Field(default_factory=dict)
+    type: Literal["webhook"] = Field(description="webhook: each alert decision POSTed as JSON.")
+    url: HttpUrl = Field(description="URL that receives each alert decision as JSON (POST).")
+    headers: dict[Text, SecretStr] = Field(
+        default_factory=dict,
+        description="Extra HTTP headers (such as a shared secret); values are secrets.",
+    )
 
 
 Alert = Annotated[
@@ -491,18 +807,57 @@ Alert = Annotated[
 class Breaker(_Model):
     """A circuit breaker over the calls to one `service` (resilience4j's semantics)."""
 
-    name: Name
-    service: Text
-    window: Literal["count", "time"] = "count"
-    window_size: int = Field(100, ge=1)
-    failure_rate: float = Field(0.5, gt=0, le=1)
-    slow_call_rate: float = Field(1.0, gt=0, le=1)
-    slow_call_duration: PositiveDuration = 60.0
-    minimum_calls: int = Field(100, ge=1)
-    wait_in_open: PositiveDuration = 60.0
-    wait_multiplier: float = Field(1.0, ge=1)
-    max_wait_in_open: PositiveDuration = 600.0
-    permitted_in_half_open: int = Field(10, ge=1)
+    name: Name = Field(
+        description=(
+            "Unique breaker name; its state is published as rollouts/breakers/<name> and readable "
+            "by triggers as breaker:<name>."
+        )
+    )
+    service: Text = Field(
+        description="Request events whose `service` equals this feed the breaker."
+    )
+    window: Literal["count", "time"] = Field(
+        "count",
+        description=(
+            "count: the last window_size calls (default); time: the calls of the last window_size "
+            "seconds."
+        ),
+    )
+    window_size: int = Field(
+        100, ge=1, description="Calls (count window) or seconds (time window) judged. Default 100."
+    )
+    failure_rate: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Open at or above this fraction of failed calls, 0 < rate <= 1. Default 0.5.",
+    )
+    slow_call_rate: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Open at or above this fraction of slow calls, 0 < rate <= 1. Default 1.0.",
+    )
+    slow_call_duration: PositiveDuration = Field(
+        60.0, description="A call slower than this is slow. Default 60s."
+    )
+    minimum_calls: int = Field(
+        100, ge=1, description="Fewer calls in the window never open the breaker. Default 100."
+    )
+    wait_in_open: PositiveDuration = Field(
+        60.0, description="How long an open breaker waits before half-open. Default 60s."
+    )
+    wait_multiplier: float = Field(
+        1.0,
+        ge=1,
+        description="Each re-open in a row waits this many times longer (>= 1). Default 1.",
+    )
+    max_wait_in_open: PositiveDuration = Field(
+        600.0, description="Upper bound of the growing wait in open. Default 10m."
+    )
+    permitted_in_half_open: int = Field(
+        10, ge=1, description="Trial calls judged in half-open. Default 10."
+    )
 
     @model_validator(mode="after")
     def _check_wait(self) -> Self:
@@ -520,33 +875,62 @@ COLUMN = re.compile(r"^\s*(?:(identity|lower|trim|string|int)\(\s*([^()\s]+)\s*\
 class FlagTable(_Model):
     """The table applications read flags from, seen through its Debezium topic."""
 
-    topic: Text
-    key_column: Text = "name"  # holds the flag name
-    percent_column: Text = "percent"
-    grace: PositiveDuration = 30.0  # a decided percent not in the table by then is drift
+    topic: Text = Field(description="Debezium topic of the table applications read flags from.")
+    key_column: Text = Field("name", description="The column holding the flag name. Default name.")
+    percent_column: Text = Field(
+        "percent", description="The column holding the flag's percent. Default percent."
+    )
+    grace: PositiveDuration = Field(
+        30.0,
+        description="A decided percent not in the table within this long is drift. Default 30s.",
+    )
 
 
 class MigrationSide(_Model):
-    topic: Text  # the Debezium topic of the table
-    table: Text  # "schema.table" or "db.schema.table", as in the events' `source`
+    topic: Text = Field(description="Debezium topic of the table.")
+    table: Text = Field(
+        description=(
+            "The table as in the events' source: schema.table or db.schema.table (MySQL: db.table)."
+        )
+    )
 
 
 class Migration(_Model):
     """A schema or data migration watched through CDC; its measurements feed a rollout."""
 
-    name: Name
-    rollout: (
-        Name  # whose triggers read counter:data_validation_failures, gauge:migration_progress...
+    name: Name = Field(description="Unique migration name.")
+    rollout: Name = Field(
+        description=(
+            "The rollout whose triggers read this migration's counter:data_validation_failures, "
+            "gauge:migration_progress and gauge:cdc_lag_seconds."
+        )
     )
-    cohort: Text = "canary"
-    source: MigrationSide
-    target: MigrationSide
-    key: tuple[Text, ...] = Field(min_length=1)  # key columns on the source
+    cohort: Text = Field(
+        "canary", description="The cohort those samples are counted in. Default canary."
+    )
+    source: MigrationSide = Field(description="The table changes come from.")
+    target: MigrationSide = Field(description="The table each source change must show up on.")
+    key: tuple[Text, ...] = Field(min_length=1, description="Key columns on the source.")
     # target column -> "source_column" or "transform(source_column)", transform one of
     # identity, lower, trim, string, int
-    columns: dict[Text, Text] = Field(default_factory=dict)
-    grace: PositiveDuration = 30.0
-    max_pending: int = Field(100_000, ge=1)
+    columns: dict[Text, Text] = Field(
+        default_factory=dict,
+        description=(
+            "Target column -> source column, or transform(source column) with transform one of "
+            "identity, lower, trim, string, int."
+        ),
+    )
+    grace: PositiveDuration = Field(
+        30.0,
+        description=(
+            "How long a source change may wait for its counterpart on the target. Default 30s."
+        ),
+    )
+    max_pending: int = Field(
+        100_000,
+        ge=1,
+        description="Keys held at most; overflow is counted, never a crash. Default 100000.",
+    )
 
     @model_validator(mode="after")
     def _check_columns(self) -> Self:
@@ -584,17 +968,43 @@ class Config(_Model):
     `Config.model_validate` works too, but raises ConfigError for cross-reference problems.
     """
 
-    triggers: dict[Name, Trigger] = Field(default_factory=dict)
-    rollouts: tuple[Rollout, ...] = ()
-    engine: Engine = Engine()
-    sources: Sources = Sources()
-    sinks: Sinks = Sinks()
-    state: State = State()
-    http: Http = Http()
-    alerts: tuple[Alert, ...] = ()
-    breakers: tuple[Breaker, ...] = ()
-    migrations: tuple[Migration, ...] = ()
-    flag_table: FlagTable | None = None
+    triggers: dict[Name, Trigger] = Field(
+        default_factory=dict,
+        description="Named, reusable rollback triggers; rollouts list them by name.",
+    )
+    rollouts: tuple[Rollout, ...] = Field((), description="Rollout plans; each drives one flag.")
+    engine: Engine = Field(Engine(), description="Evaluation settings of the engine.")
+    sources: Sources = Field(
+        Sources(), description="Where events come from (rolloutd replay needs none)."
+    )
+    sinks: Sinks = Field(
+        Sinks(),
+        description=(
+            "Where flag changes and decisions go; each sink uses the connection of the same-named "
+            "source."
+        ),
+    )
+    state: State = Field(State(), description="Durable state (SQLite, WAL).")
+    http: Http = Field(Http(), description="Admin API, /metrics and health checks.")
+    alerts: tuple[Alert, ...] = Field(
+        (), description="Notifiers: pagerduty, slack, alertmanager or webhook."
+    )
+    breakers: tuple[Breaker, ...] = Field(
+        (),
+        description=(
+            "Circuit breakers (resilience4j's semantics) over request events of one service."
+        ),
+    )
+    migrations: tuple[Migration, ...] = Field(
+        (), description="Migrations watched through Debezium CDC topics (read from sources.kafka)."
+    )
+    flag_table: FlagTable | None = Field(
+        None,
+        description=(
+            "The table applications read flags from, seen through its Debezium topic: confirms "
+            "decided percents and detects drift."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_references(self) -> Self:
@@ -839,7 +1249,9 @@ def parse_config(
 
 def config_json_schema() -> dict[str, Any]:
     """JSON Schema of the file for editors (durations are a string or a number of seconds)."""
-    schema = Config.model_json_schema(by_alias=True, mode="validation")
+    from rolloutd.config_schema import file_schema  # imports this module: import it late
+
+    schema = file_schema(Config)
     schema["title"] = "rolloutd configuration"
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 

@@ -60,6 +60,10 @@ STALL_AFTER = 600.0  # a rollout this far past its hold (or one hold, if longer)
 COMPACT_EVERY = 300.0  # seconds between WAL checkpoints of the state store
 
 
+class ListenError(Exception):
+    """http.listen cannot be bound (in use, no permission): a plain error, not our bug."""
+
+
 class _Stop(Exception):
     """A shutdown signal arrived."""
 
@@ -389,7 +393,13 @@ class Service:
         host, port = http.address
         budget = connections.plan(http.max_connections, http.fd_reserve)
         try:
-            server, _ = await connections.serve(runner, host, port, budget, http.header_timeout)
+            try:
+                server, _ = await connections.serve(
+                    runner, host, port, budget, http.header_timeout
+                )
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise ListenError(f"http.listen {self.config.http.listen}: {reason}") from None
             try:
                 log.info("http on %s:%d", host, port)
                 self.http_up.set()
@@ -461,7 +471,8 @@ class Service:
             log.info("stopping: publishing what is left (grace %.1fs)", self.grace)
         except* Exception as failures:
             for exc in failures.exceptions:
-                log.error("task failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+                trace = None if isinstance(exc, ListenError) else exc  # a traceback helps bugs only
+                log.error("task failed: %s: %s", type(exc).__name__, exc, exc_info=trace)
                 what = "store-error" if isinstance(exc, StoreError) else "task-failed"
                 # The store may be what failed: tell the notifiers directly, best effort.
                 self.alerts.notify(

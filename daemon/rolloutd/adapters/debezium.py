@@ -15,9 +15,13 @@ Rules:
   generically, unwrap it, choose the kind from the content and explain what was wrong.
 * `source.snapshot` is a string on current connectors and a boolean on old ones; it is
   always a string here ("true", "last", "false", ...; a missing or null one is "false").
-* A change envelope must have `op` (one of r c u d t m) and `source` (with `db`, `table` and
-  `ts_ms`; `schema` defaults to "" for connectors without one); `c`, `r` and `u` need
-  `after`, `m` needs `message`. Unknown fields are ignored everywhere.
+* A change envelope must have `op` (one of r c u d t m) and `source` (with `db` and `table`;
+  `schema` defaults to "" for connectors without one); `c`, `r` and `u` need `after`, `m`
+  needs `message`. Unknown fields are ignored everywhere.
+* The commit time is `source.ts_ms`; older MySQL connectors (and Debezium's MySQL tutorial)
+  send `source.ts_sec` instead, so it falls back to `ts_sec * 1000`, then to the envelope's
+  `ts_ms`. A `ts_sec` of 0 is what those connectors write for snapshot rows, which have no
+  binlog time: it counts as absent, or every snapshot row would look 50 years late.
 """
 
 from __future__ import annotations
@@ -66,7 +70,11 @@ class Source(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
     db: str
     table: str
-    ts_ms: int  # commit time in the database
+    if TYPE_CHECKING:
+        ts_ms: int  # commit time in the database (never None once decoded)
+    else:
+        ts_ms: int | None = None  # legacy connectors: filled from `ts_sec`, or by the envelope
+    ts_sec: int | None = None
     schema: str = ""
     if TYPE_CHECKING:
         snapshot: str = "false"
@@ -78,6 +86,8 @@ class Source(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     def __post_init__(self) -> None:
         if self.snapshot.__class__ is not str:
             force_setattr(self, "snapshot", _SNAPSHOT_TEXT[self.snapshot])  # type: ignore[index]
+        if self.ts_ms is None and self.ts_sec:
+            force_setattr(self, "ts_ms", self.ts_sec * 1000)
 
     @property
     def table_id(self) -> TableId:
@@ -112,6 +122,14 @@ class ChangeEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     key: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.source.ts_ms is None:
+            if self.ts_ms is None:
+                raise _Invalid(
+                    "missing_field",
+                    "no commit time: `source` has neither `ts_ms` nor `ts_sec`, and the"
+                    " envelope no `ts_ms` - at `$.source.ts_ms`",
+                )
+            force_setattr(self.source, "ts_ms", self.ts_ms)
         op = self.op
         if op == "m":
             if self.message is None:

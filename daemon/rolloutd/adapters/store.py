@@ -53,7 +53,15 @@ _T = TypeVar("_T")
 
 
 class StoreError(Exception):
-    """The state file cannot be opened, read or written; the message names path and cause."""
+    """The state file cannot be opened, read or written; the message names path and cause.
+
+    `fresh_helps`: the file is there but unusable (corrupt, foreign, another schema), so
+    `--fresh` (which keeps it aside) would let the daemon start.
+    """
+
+    def __init__(self, message: str, *, fresh_helps: bool = False) -> None:
+        super().__init__(message)
+        self.fresh_helps = fresh_helps
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +139,10 @@ class Store:
     def open(cls, path: str | Path, *, fresh: bool = False) -> Store:
         path = Path(path)
         if not path.parent.is_dir():
-            raise StoreError(f"state file {path}: directory {path.parent} does not exist")
+            what = "is not a directory" if path.parent.exists() else "does not exist"
+            raise StoreError(f"state file {path}: directory {path.parent} {what}")
+        if path.is_dir():
+            raise StoreError(f"state file {path} is a directory")
         moved, created = None, False
         try:
             if fresh:
@@ -312,7 +323,10 @@ def _open_checked(path: Path) -> sqlite3.Connection:
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
         conn.close()
-        raise StoreError(f"state file {path} {_describe(exc)} ({exc})") from exc
+        damaged = getattr(exc, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT")
+        raise StoreError(
+            f"state file {path} {_describe(exc)} ({exc})", fresh_helps=damaged
+        ) from exc
     except StoreError:
         conn.close()
         raise
@@ -323,18 +337,21 @@ def _identify(path: Path, conn: sqlite3.Connection) -> None:
     """Raise StoreError unless `path` is a sound rolloutd store of a schema we read."""
     problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
     if problems != ["ok"]:
-        raise StoreError(f"state file {path} is corrupt ({'; '.join(problems)})")
+        raise StoreError(f"state file {path} is corrupt ({'; '.join(problems)})", fresh_helps=True)
     (app_id,) = conn.execute("PRAGMA application_id").fetchone()
     has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
     if app_id != APPLICATION_ID or not has_meta:
         cause = "no rolloutd meta table" if not has_meta else f"application_id {app_id:#x}"
         cause = "empty file" if path.stat().st_size == 0 else cause
-        raise StoreError(f"state file {path} is not a rolloutd state store ({cause})")
+        raise StoreError(
+            f"state file {path} is not a rolloutd state store ({cause})", fresh_helps=True
+        )
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     if row is None or row[0] != str(SCHEMA_VERSION):
         found = row[0] if row else "none"
         raise StoreError(
-            f"state file {path} has schema version {found}; this rolloutd reads {SCHEMA_VERSION}"
+            f"state file {path} has schema version {found}; this rolloutd reads {SCHEMA_VERSION}",
+            fresh_helps=True,
         )
     epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
     if epoch is not None and not epoch[0].isdigit():

@@ -69,7 +69,13 @@ def table_pattern(name: TableName) -> TablePattern:
 
 def matches(pattern: TablePattern, source: CdcSource) -> bool:
     db, schema, table = pattern
-    return source.table == table and source.schema == schema and (db is None or db == source.db)
+    if source.table != table:
+        return False
+    if source.schema == schema:
+        return db is None or db == source.db
+    # MySQL has databases but no schemas: its events carry `db` and an empty schema, so
+    # "inventory.customers" names the table there as a user would expect.
+    return db is None and source.schema == "" and source.db == schema
 
 
 def _canonical(value: Any) -> Any:
