@@ -24,7 +24,7 @@ from rolloutd.adapters.debezium import (
 )
 from rolloutd.core.events import Rejection
 
-SAMPLES = Path("/work/shared/data/debezium/postgres")
+SAMPLES = Path(__file__).parent / "data" / "debezium-postgres"  # Debezium's own samples
 TOPIC = "dbserver1.inventory.customers"
 ANNE = {"id": 1, "first_name": "Anne", "last_name": "Kretchmar", "email": "annek@noanswer.org"}
 
