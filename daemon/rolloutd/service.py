@@ -455,7 +455,9 @@ class Service:
         if self.pipeline.flags is not None and self.pipeline.flags.config.topic not in topics:
             topics.append(self.pipeline.flags.config.topic)
         offsets = dict(self.pipeline.offsets)
-        return KafkaConsumerLoop(source, topics, offsets, self._on_kafka, self._state("kafka"))
+        return KafkaConsumerLoop(
+            source, topics, offsets, self._on_kafka, self._state("kafka"), started_at=self.clock()
+        )
 
     async def _shutdown(self) -> None:
         try:

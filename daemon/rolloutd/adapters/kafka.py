@@ -3,8 +3,10 @@
 Rules: adapters translate, never decide. The consumer hands each fetched batch to the
 pipeline, which decodes, decides and persists state *and offsets* in one transaction; only
 then are offsets committed to Kafka (informational: on start the consumer seeks to the
-offsets in the state store, so nothing is processed twice or skipped). A broker that is down
-is retried with backoff, forever; the daemon keeps running and reports not ready.
+offsets in the state store, so nothing is processed twice or skipped; see kafka_positions for
+partitions the store does not know). The source is up only once its partitions are assigned
+and their positions known. A broker that is down is retried with backoff, forever; the daemon
+keeps running and reports not ready.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 
 from rolloutd.adapters.backoff import Backoff
+from rolloutd.adapters.kafka_positions import drop_before_start, seek_assigned
 from rolloutd.config import KafkaSecurity, KafkaSource
 
 log = logging.getLogger("rolloutd.kafka")
@@ -68,12 +71,16 @@ class KafkaConsumerLoop:
         offsets: dict[tuple[str, int], int],
         handle: BatchHandler,
         on_state: Callable[[bool], None],
+        started_at: float = 0.0,
     ) -> None:
         self.source = source
         self.topics = list(topics)
         self.offsets = offsets  # next offset to read, as persisted; updated per batch
         self.handle = handle
         self.on_state = on_state
+        self.started_ms = int(started_at * 1000)  # where partitions the store lacks begin
+        self.floors: dict[tuple[str, int], int] = {}  # see kafka_positions
+        self.positioning_failed: KafkaError | None = None
         self.backoff = Backoff()
         self.lag: dict[tuple[str, int], int] = {}  # messages behind each partition's end
 
@@ -83,8 +90,6 @@ class KafkaConsumerLoop:
             try:
                 await consumer.start()
                 await self._assign(consumer)
-                self.on_state(True)
-                self.backoff.reset()
                 await self._fetch_loop(consumer)
             except KafkaError as exc:
                 delay = self.backoff.next()
@@ -106,7 +111,7 @@ class KafkaConsumerLoop:
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> None:
         if self.source.group_id is not None:
-            consumer.subscribe(self.topics, listener=_SeekOnAssign(consumer, self.offsets))
+            consumer.subscribe(self.topics, listener=_SeekOnAssign(consumer, self))
             return
         partitions: list[TopicPartition] = []
         for topic in self.topics:
@@ -118,19 +123,44 @@ class KafkaConsumerLoop:
         if not partitions:
             raise _NoPartitions(f"no partitions found for topics {self.topics}")
         consumer.assign(partitions)
-        await _seek(consumer, partitions, self.offsets)
+        await self.positioned(consumer, partitions)
+
+    async def positioned(
+        self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
+    ) -> None:
+        """Seek newly assigned partitions; up once every position is known."""
+        self.on_state(False)
+        try:
+            floors = await seek_assigned(
+                consumer,
+                partitions,
+                self.offsets,
+                self.source.auto_offset_reset,
+                self.started_ms,
+            )
+        except KafkaError as exc:  # reading from an unknown position could skip events
+            self.positioning_failed = exc
+            return
+        self.floors.update(floors)
+        self.on_state(True)
+        self.backoff.reset()
 
     async def _fetch_loop(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             fetched = await consumer.getmany(timeout_ms=200, max_records=MAX_RECORDS)
+            failed, self.positioning_failed = self.positioning_failed, None
+            if failed is not None:
+                raise failed
             if not fetched:
                 continue
             batch: Fetched = []
             positions: dict[tuple[str, int], int] = {}
             for tp, messages in fetched.items():
-                keys = [message.key for message in messages]
-                batch.append((tp.topic, keys, [message.value for message in messages]))
                 positions[(tp.topic, tp.partition)] = messages[-1].offset + 1
+                messages = self._after_start(tp, messages)
+                if messages:
+                    keys = [message.key for message in messages]
+                    batch.append((tp.topic, keys, [message.value for message in messages]))
             await self.handle(batch, positions)
             self.offsets.update(positions)
             for tp in fetched:
@@ -143,6 +173,15 @@ class KafkaConsumerLoop:
                 commit = {TopicPartition(t, p): o for (t, p), o in positions.items()}
                 await _quietly(consumer.commit(commit))
 
+    def _after_start(self, tp: TopicPartition, messages: list[Any]) -> list[Any]:
+        floor = self.floors.get((tp.topic, tp.partition))
+        if floor is None:
+            return messages
+        older, reached = drop_before_start(messages, floor)
+        if reached:
+            del self.floors[(tp.topic, tp.partition)]
+        return messages[older:]
+
 
 class _NoPartitions(KafkaError):  # type: ignore[misc]
     pass
@@ -151,26 +190,15 @@ class _NoPartitions(KafkaError):  # type: ignore[misc]
 class _SeekOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
     """Group mode: continue from the persisted offsets, not the group's committed ones."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, offsets: dict[tuple[str, int], int]) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, loop: KafkaConsumerLoop) -> None:
         self.consumer = consumer
-        self.offsets = offsets
+        self.loop = loop
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        return None
+        self.loop.on_state(False)  # until the next assignment is positioned
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        await _seek(self.consumer, list(assigned), self.offsets)
-
-
-async def _seek(
-    consumer: AIOKafkaConsumer,
-    partitions: list[TopicPartition],
-    offsets: dict[tuple[str, int], int],
-) -> None:
-    for tp in partitions:
-        stored = offsets.get((tp.topic, tp.partition))
-        if stored is not None:
-            consumer.seek(tp, stored)
+        await self.loop.positioned(self.consumer, sorted(assigned))
 
 
 class KafkaPublisher:
