@@ -353,6 +353,18 @@ class KafkaSource(_Model):
     topics: KafkaTopics = KafkaTopics()
     security: KafkaSecurity = KafkaSecurity()
     auto_offset_reset: Literal["earliest", "latest"] = "latest"
+    down_after: PositiveDuration = Field(
+        5.0,
+        description="The source counts as down (readiness 503 with the reason, "
+        "rolloutd_source_up 0) once the broker has not answered for this long; with no "
+        "records arriving it is asked for the partitions' ends every third of this.",
+    )
+    client_log_interval: PositiveDuration = Field(
+        10.0,
+        description="A log line of the Kafka client library that repeats (same logger "
+        "and message) is written at most once per this interval; the next one written "
+        "says how many were held back.",
+    )
 
 
 class MqttSource(_TlsFiles):

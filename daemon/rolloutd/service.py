@@ -28,7 +28,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from rolloutd import heap, logs
+from rolloutd import heap, logs, logthrottle
 from rolloutd.adapters.http import AdminContext, build_app
 from rolloutd.adapters.kafka import Fetched, KafkaConsumerLoop, KafkaPublisher
 from rolloutd.adapters.metrics import DaemonState, build_registry
@@ -66,6 +66,7 @@ class Health:
 
     started: bool = False
     sources: dict[str, bool] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)  # why a source is not up
 
     @property
     def ready(self) -> bool:
@@ -115,6 +116,7 @@ class Service:
         self.health = Health()
         self.store = Store.open(config.state.path, fresh=fresh)
         self.state = DaemonState(ready=lambda: self.health.ready)
+        self.state.sources = lambda: self.health.sources
         self.registry, latency, confirm_delay = build_registry(lambda: self.pipeline, self.state)
         cdc = CdcRouter(tuple(m.wiring() for m in config.migrations)) if config.migrations else None
         flags = None
@@ -149,6 +151,8 @@ class Service:
         if config.sources.mqtt is not None:
             self.mqtt = MqttLink(config.sources.mqtt, self._on_mqtt, self._state("mqtt"))
         self.kafka_in = self._kafka_loop() if config.sources.kafka is not None else None
+        if config.sources.kafka is not None:
+            logthrottle.CLIENT_LOGS.interval = config.sources.kafka.client_log_interval
         if self.kafka_in is not None:
             self.state.consumer_lag = self.kafka_in.lag
         self.publisher = Publisher(self.pipeline, self.kafka_out, self.mqtt)
@@ -159,11 +163,13 @@ class Service:
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
     # -- wiring -------------------------------------------------------------------------
-    def _state(self, name: str) -> Callable[[bool], None]:
+    def _state(self, name: str) -> Callable[[bool, str], None]:
         self.health.sources[name] = False
+        self.health.reasons[name] = "not connected yet"
 
-        def update(connected: bool) -> None:
+        def update(connected: bool, reason: str = "") -> None:
             self.health.sources[name] = connected
+            self.health.reasons[name] = "" if connected else reason or "not connected"
 
         return update
 
@@ -365,6 +371,7 @@ class Service:
             run_command=self._command,
             healthy=lambda: {name: not task.done() for name, task in self.tasks.items()},
             ready=self._readiness,
+            not_ready=lambda: {n: r for n, r in self.health.reasons.items() if r},
             run_breaker_command=self._breaker_command,
         )
         runner = web.AppRunner(build_app(ctx), access_log=None)

@@ -5,8 +5,10 @@ pipeline, which decodes, decides and persists state *and offsets* in one transac
 then are offsets committed to Kafka (informational: on start the consumer seeks to the
 offsets in the state store, so nothing is processed twice or skipped; see kafka_positions for
 partitions the store does not know). The source is up only once its partitions are assigned
-and their positions known. A broker that is down is retried with backoff, forever; the daemon
-keeps running and reports not ready.
+and their positions known, and while the broker answers: with no records arriving it is
+asked for the partitions' ends every third of `down_after`, and a broker silent for
+`down_after` makes the source down (readiness 503, with the reason) until it answers again.
+A broker that is down is retried with backoff, forever; the daemon keeps running.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -34,6 +37,9 @@ MAX_RECORDS = 5000
 Fetched = list[tuple[str, list[bytes | None], list[bytes | None]]]
 # (batch, next offset per partition) -> None, once the batch is persisted
 BatchHandler = Callable[[Fetched, dict[tuple[str, int], int]], Awaitable[None]]
+# (up, why not) -> None
+StateHandler = Callable[[bool, str], None]
+WAITING = "waiting for partition assignment"
 
 
 def client_options(source: KafkaSource) -> dict[str, Any]:
@@ -70,14 +76,18 @@ class KafkaConsumerLoop:
         topics: Sequence[str],
         offsets: dict[tuple[str, int], int],
         handle: BatchHandler,
-        on_state: Callable[[bool], None],
+        on_state: StateHandler,
         started_at: float = 0.0,
     ) -> None:
         self.source = source
         self.topics = list(topics)
         self.offsets = offsets  # next offset to read, as persisted; updated per batch
         self.handle = handle
-        self.on_state = on_state
+        self.report = on_state
+        self.waiting: str | None = WAITING  # why not consuming, besides a silent broker
+        self.last_answer = time.monotonic()
+        self.silent = False  # the broker has not answered for `down_after`
+        self.next_probe = 0.0
         self.started_ms = int(started_at * 1000)  # where partitions the store lacks begin
         self.floors: dict[tuple[str, int], int] = {}  # see kafka_positions
         self.positioning_failed: KafkaError | None = None
@@ -94,11 +104,20 @@ class KafkaConsumerLoop:
             except KafkaError as exc:
                 delay = self.backoff.next()
                 log.warning("kafka consumer: %s; retrying in %.1fs", _describe(exc), delay)
-                self.on_state(False)
+                self.on_state(f"broker unavailable: {_describe(exc)}")
                 await asyncio.sleep(delay)
             finally:
-                self.on_state(False)
+                if self.waiting is None:
+                    self.on_state(WAITING)
                 await _quietly(consumer.stop())
+
+    def on_state(self, waiting: str | None) -> None:
+        """Consuming (None) or why not; reported with the broker's silence."""
+        self.waiting = waiting
+        if self.silent:
+            self.report(False, f"no answer from the broker for {self.source.down_after:g}s")
+        else:
+            self.report(waiting is None, waiting or "")
 
     def _consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
@@ -129,7 +148,7 @@ class KafkaConsumerLoop:
         self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
     ) -> None:
         """Seek newly assigned partitions; up once every position is known."""
-        self.on_state(False)
+        self.on_state(WAITING)
         try:
             floors = await seek_assigned(
                 consumer,
@@ -142,7 +161,8 @@ class KafkaConsumerLoop:
             self.positioning_failed = exc
             return
         self.floors.update(floors)
-        self.on_state(True)
+        self.answered()
+        self.on_state(None)
         self.backoff.reset()
 
     async def _fetch_loop(self, consumer: AIOKafkaConsumer) -> None:
@@ -151,6 +171,10 @@ class KafkaConsumerLoop:
             failed, self.positioning_failed = self.positioning_failed, None
             if failed is not None:
                 raise failed
+            if fetched:
+                self.answered()
+            elif time.monotonic() >= self.next_probe:
+                await self._probe(consumer)
             if not fetched:
                 continue
             batch: Fetched = []
@@ -172,6 +196,35 @@ class KafkaConsumerLoop:
             if self.source.group_id is not None:
                 commit = {TopicPartition(t, p): o for (t, p), o in positions.items()}
                 await _quietly(consumer.commit(commit))
+
+    async def _probe(self, consumer: AIOKafkaConsumer) -> None:
+        """Ask the partitions' leaders for their ends (or any broker for metadata)."""
+        every = self.source.down_after / 3
+        self.next_probe = time.monotonic() + every
+        partitions = sorted(consumer.assignment())
+        try:
+            async with asyncio.timeout(every):
+                ends = await consumer.end_offsets(partitions) if partitions else {}
+                if not partitions:
+                    await consumer.topics()
+        except (TimeoutError, KafkaError, OSError):
+            if not self.silent and time.monotonic() - self.last_answer >= self.source.down_after:
+                log.warning("kafka: no answer from the broker for %gs", self.source.down_after)
+                self.silent = True
+                self.on_state(self.waiting)
+            return
+        self.answered()
+        for tp, end in ends.items():
+            done = self.offsets.get((tp.topic, tp.partition))
+            if done is not None:
+                self.lag[(tp.topic, tp.partition)] = max(0, end - done)
+
+    def answered(self) -> None:
+        self.last_answer = time.monotonic()
+        if self.silent:
+            log.info("kafka: the broker answers again")
+            self.silent = False
+            self.on_state(self.waiting)
 
     def _after_start(self, tp: TopicPartition, messages: list[Any]) -> list[Any]:
         floor = self.floors.get((tp.topic, tp.partition))
@@ -195,7 +248,7 @@ class _SeekOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
         self.loop = loop
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        self.loop.on_state(False)  # until the next assignment is positioned
+        self.loop.on_state(WAITING)  # until the next assignment is positioned
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         await self.loop.positioned(self.consumer, sorted(assigned))

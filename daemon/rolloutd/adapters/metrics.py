@@ -34,6 +34,7 @@ class DaemonState:
     outbox_pending: Callable[[], int] = lambda: 0
     breakers: Callable[[], Mapping[str, str]] = dict
     migrations: Callable[[], Mapping[str, Mapping[str, float]]] = dict
+    sources: Callable[[], Mapping[str, bool]] = dict  # configured source -> up
 
 
 class RolloutdCollector(Collector):
@@ -124,6 +125,14 @@ class RolloutdCollector(Collector):
     def _daemon(self) -> Iterator[Metric]:
         state = self.state
         yield GaugeMetricFamily("rolloutd_ready", "1 when ready", value=float(state.ready()))
+        up = GaugeMetricFamily(
+            "rolloutd_source_up",
+            "1 while the source is connected and consuming, 0 otherwise",
+            labels=["source"],
+        )
+        for source, connected in sorted(state.sources().items()):
+            up.add_metric([source], float(connected))
+        yield up
         yield GaugeMetricFamily(
             "rolloutd_config_reload_success",
             "1 if the last config reload succeeded",
