@@ -32,10 +32,10 @@ def get(port: int, path: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-async def until_ready(port: int) -> float:
+async def until_ready(port: int, deadline: float = DEADLINE) -> float:
     """Poll /readyz until 200; the time it answered 200."""
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
         try:
             status, _ = await asyncio.to_thread(get, port, "/readyz")
         except (urllib.error.URLError, ConnectionError):
@@ -47,7 +47,11 @@ async def until_ready(port: int) -> float:
 
 
 def kafka_events(port: int) -> int:
-    _, text = get(port, "/metrics")
+    """rolloutd_events_total{source="kafka"}; 0 while the daemon does not answer yet."""
+    try:
+        _, text = get(port, "/metrics")
+    except (urllib.error.URLError, ConnectionError):
+        return 0
     found = re.search(r'^rolloutd_events_total\{source="kafka"\} (\S+)$', text, re.M)
     return int(float(found.group(1))) if found else 0
 

@@ -30,7 +30,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from rolloutd import heap, logs, logthrottle
 from rolloutd.adapters.http import AdminContext, build_app
-from rolloutd.adapters.kafka import Fetched, KafkaConsumerLoop, KafkaPublisher
+from rolloutd.adapters.kafka import Fetched, KafkaConsumerLoop, KafkaPublisher, instance_id
 from rolloutd.adapters.metrics import DaemonState, build_registry
 from rolloutd.adapters.mqtt import MqttLink
 from rolloutd.adapters.notify import AlertDispatcher, daemon_alert
@@ -462,8 +462,21 @@ class Service:
         if self.pipeline.flags is not None and self.pipeline.flags.config.topic not in topics:
             topics.append(self.pipeline.flags.config.topic)
         offsets = dict(self.pipeline.offsets)
+        # A partition the store does not know is read from when the store was last written:
+        # the start, for a new store; after a crash, what the lost run read but never
+        # persisted is read again.
+        written = self.pipeline.engine.now if self.pipeline.restored else None
+        member = instance_id(source, self.config.state.path)
+        if member is not None:
+            log.info("kafka: static group member %s", member)
         return KafkaConsumerLoop(
-            source, topics, offsets, self._on_kafka, self._state("kafka"), started_at=self.clock()
+            source,
+            topics,
+            offsets,
+            self._on_kafka,
+            self._state("kafka"),
+            started_at=written if written is not None else self.clock(),
+            member=member,
         )
 
     async def _shutdown(self) -> None:

@@ -14,10 +14,13 @@ A broker that is down is retried with backoff, forever; the daemon keeps running
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -60,6 +63,17 @@ def client_options(source: KafkaSource) -> dict[str, Any]:
     return options
 
 
+def instance_id(source: KafkaSource, state_path: str) -> str | None:
+    """The static group member's id (None: a dynamic member), stable across restarts."""
+    if source.group_id is None or not source.static_membership:
+        return None
+    if source.group_instance_id is not None:
+        return source.group_instance_id
+    # The state path tells apart two daemons of one group on one host.
+    where = hashlib.sha256(str(Path(state_path).resolve()).encode()).hexdigest()[:8]
+    return f"{socket.gethostname()}-{source.group_id}-{where}"
+
+
 def _ssl_context(security: KafkaSecurity) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=security.ca_file)
     if security.cert_file is not None:
@@ -78,8 +92,10 @@ class KafkaConsumerLoop:
         handle: BatchHandler,
         on_state: StateHandler,
         started_at: float = 0.0,
+        member: str | None = None,  # group_instance_id
     ) -> None:
         self.source = source
+        self.member = member
         self.topics = list(topics)
         self.offsets = offsets  # next offset to read, as persisted; updated per batch
         self.handle = handle
@@ -120,8 +136,12 @@ class KafkaConsumerLoop:
             self.report(waiting is None, waiting or "")
 
     def _consumer(self) -> AIOKafkaConsumer:
+        session_ms = int(self.source.session_timeout * 1000)
         return AIOKafkaConsumer(
             group_id=self.source.group_id,
+            group_instance_id=self.member,
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(1, min(3000, session_ms // 3)),
             enable_auto_commit=False,
             auto_offset_reset=self.source.auto_offset_reset,
             fetch_max_wait_ms=FETCH_WAIT_MS,

@@ -4,7 +4,9 @@ Rules:
 * A partition with an offset in the state store continues there: the store, not the
   group's committed offsets, says what the engine has seen.
 * With `auto_offset_reset: latest`, a partition the store does not know starts at the
-  daemon's start time: the first record produced at or after it (ListOffsets by
+  daemon's start time (a new store) or at the engine time the store was last written (a
+  restart: a partition with no stored offset had nothing persisted, so what a crashed run
+  read of it is read again): the first record produced at or after it (ListOffsets by
   timestamp), or the partition's end when there is none. "Latest when assigned" would skip
   what was produced between the start and the assignment, which takes seconds in a group.
 * A broker that answers a timestamp lookup per record batch (Tansu does) may point before
