@@ -556,6 +556,43 @@ class KafkaSource(_Model):
             "evidence only) or earliest."
         ),
     )
+    down_after: PositiveDuration = Field(
+        5.0,
+        description="The source counts as down (readiness 503 with the reason, "
+        "rolloutd_source_up 0) once the broker has not answered for this long; with no "
+        "records arriving it is asked for the partitions' ends every third of this.",
+    )
+    client_log_interval: PositiveDuration = Field(
+        10.0,
+        description="A log line of the Kafka client library that repeats (same logger "
+        "and message) is written at most once per this interval; the next one written "
+        "says how many were held back.",
+    )
+    static_membership: bool = Field(
+        True,
+        description="Join the consumer group as a static member (KIP-345) under "
+        "group_instance_id: a restarted daemon (after a crash too) takes its partitions "
+        "back without waiting for its old member's session to expire.",
+    )
+    group_instance_id: Text | None = Field(
+        None,
+        description="The static member's id; default <host name>-<group_id>-<8 hex "
+        "digits of the state path>, the same across restarts on one host. Daemons sharing "
+        "a group need different ids.",
+    )
+    session_timeout: PositiveDuration = Field(
+        10.0,
+        description="How long the group waits for a member that stopped heartbeating "
+        "before its partitions go to the others (heartbeats every third of it, at most "
+        "every 3s). Brokers bound it (Kafka: group.min.session.timeout.ms and "
+        "group.max.session.timeout.ms, 6s and 30m by default).",
+    )
+
+    @model_validator(mode="after")
+    def _check_membership(self) -> Self:
+        if self.group_instance_id is not None and not self.static_membership:
+            raise _invalid("group_instance_id", "needs static_membership: true")
+        return self
 
 
 class MqttSource(_TlsFiles):

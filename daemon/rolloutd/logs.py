@@ -20,6 +20,8 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, SecretStr
 
+from rolloutd.logthrottle import CLIENT_LOGS
+
 REDACTED = "***"
 _secrets: list[str] = []
 
@@ -91,6 +93,7 @@ def configure(level: str = "INFO", fmt: str = "auto") -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(CLIENT_LOGS)  # a client library's repeated lines: once per interval
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

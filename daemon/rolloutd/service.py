@@ -28,10 +28,16 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from rolloutd import __version__, heap, logs
+from rolloutd import __version__, heap, logs, logthrottle
 from rolloutd.adapters import connections
 from rolloutd.adapters.http import AdminContext, build_app
-from rolloutd.adapters.kafka import Fetched, KafkaConsumerLoop, KafkaPublisher, Origins
+from rolloutd.adapters.kafka import (
+    Fetched,
+    KafkaConsumerLoop,
+    KafkaPublisher,
+    Origins,
+    instance_id,
+)
 from rolloutd.adapters.known_series import known_series
 from rolloutd.adapters.metrics import DaemonState, build_registry
 from rolloutd.adapters.mqtt import MqttLink
@@ -74,6 +80,7 @@ class Health:
 
     started: bool = False
     sources: dict[str, bool] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)  # why a source is not up
 
     @property
     def ready(self) -> bool:
@@ -130,6 +137,7 @@ class Service:
         self.store = Store.open(config.state.path, fresh=fresh)
         self.fresh = fresh
         self.state = DaemonState(ready=lambda: self.health.ready, known=known_series(config))
+        self.state.sources = lambda: self.health.sources
         self.registry, latency, confirm_delay = build_registry(lambda: self.pipeline, self.state)
         cdc = CdcRouter(tuple(m.wiring() for m in config.migrations)) if config.migrations else None
         flags = None
@@ -166,6 +174,8 @@ class Service:
         if config.sources.mqtt is not None:
             self.mqtt = MqttLink(config.sources.mqtt, self._on_mqtt, self._state("mqtt"))
         self.kafka_in = self._kafka_loop() if config.sources.kafka is not None else None
+        if config.sources.kafka is not None:
+            logthrottle.CLIENT_LOGS.interval = config.sources.kafka.client_log_interval
         if self.kafka_in is not None:
             self.state.consumer_lag = self.kafka_in.lag
         self.publisher = Publisher(self.pipeline, self.kafka_out, self.mqtt)
@@ -176,11 +186,13 @@ class Service:
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
     # -- wiring -------------------------------------------------------------------------
-    def _state(self, name: str) -> Callable[[bool], None]:
+    def _state(self, name: str) -> Callable[[bool, str], None]:
         self.health.sources[name] = False
+        self.health.reasons[name] = "not connected yet"
 
-        def update(connected: bool) -> None:
+        def update(connected: bool, reason: str = "") -> None:
             self.health.sources[name] = connected
+            self.health.reasons[name] = "" if connected else reason or "not connected"
 
         return update
 
@@ -385,6 +397,7 @@ class Service:
             run_command=self._command,
             healthy=lambda: {name: not task.done() for name, task in self.tasks.items()},
             ready=self._readiness,
+            not_ready=lambda: {n: r for n, r in self.health.reasons.items() if r},
             run_breaker_command=self._breaker_command,
         )
         http = self.config.http
@@ -497,7 +510,22 @@ class Service:
         if self.pipeline.flags is not None and self.pipeline.flags.config.topic not in topics:
             topics.append(self.pipeline.flags.config.topic)
         offsets = dict(self.pipeline.offsets)
-        return KafkaConsumerLoop(source, topics, offsets, self._on_kafka, self._state("kafka"))
+        # A partition the store does not know is read from when the store was last written:
+        # the start, for a new store; after a crash, what the lost run read but never
+        # persisted is read again.
+        written = self.pipeline.engine.now if self.pipeline.restored else None
+        member = instance_id(source, self.config.state.path)
+        if member is not None:
+            log.info("kafka: static group member %s", member)
+        return KafkaConsumerLoop(
+            source,
+            topics,
+            offsets,
+            self._on_kafka,
+            self._state("kafka"),
+            started_at=written if written is not None else self.clock(),
+            member=member,
+        )
 
     async def _shutdown(self) -> None:
         try:

@@ -44,6 +44,7 @@ class AdminContext:
     healthy: Callable[[], dict[str, bool]]  # task name -> alive
     ready: Callable[[], dict[str, bool]]  # condition -> met
     run_breaker_command: BreakerRunner | None = None
+    not_ready: Callable[[], dict[str, str]] = dict  # source -> why it is not up
 
 
 def rollout_view(rollout: RolloutRuntime, recent: Sequence[Decision]) -> dict[str, Any]:
@@ -109,9 +110,13 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    checks = _ctx(request).ready()
+    ctx = _ctx(request)
+    checks = ctx.ready()
     ok = all(checks.values())
-    return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+    body: dict[str, Any] = {"ready": ok, "checks": checks}
+    if not ok:
+        body["reasons"] = ctx.not_ready()
+    return web.json_response(body, status=200 if ok else 503)
 
 
 async def _list(request: web.Request) -> web.Response:

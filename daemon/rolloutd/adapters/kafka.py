@@ -3,22 +3,31 @@
 Rules: adapters translate, never decide. The consumer hands each fetched batch to the
 pipeline, which decodes, decides and persists state *and offsets* in one transaction; only
 then are offsets committed to Kafka (informational: on start the consumer seeks to the
-offsets in the state store, so nothing is processed twice or skipped). A broker that is down
-is retried with backoff, forever; the daemon keeps running and reports not ready.
+offsets in the state store, so nothing is processed twice or skipped; see kafka_positions for
+partitions the store does not know). The source is up only once its partitions are assigned
+and their positions known, and while the broker answers: with no records arriving it is
+asked for the partitions' ends every third of `down_after`, and a broker silent for
+`down_after` makes the source down (readiness 503, with the reason) until it answers again.
+A broker that is down is retried with backoff, forever; the daemon keeps running.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from rolloutd.adapters.backoff import Backoff
+from rolloutd.adapters.kafka_positions import drop_before_start, seek_assigned
 from rolloutd.config import KafkaSecurity, KafkaSource
 
 log = logging.getLogger("rolloutd.kafka")
@@ -33,6 +42,9 @@ Fetched = list[tuple[str, list[bytes | None], list[bytes | None]]]
 Origins = list[tuple[int, list[int]]]
 # (batch, next offset per partition, origins) -> None, once the batch is persisted
 BatchHandler = Callable[[Fetched, dict[tuple[str, int], int], Origins], Awaitable[None]]
+# (up, why not) -> None
+StateHandler = Callable[[bool, str], None]
+WAITING = "waiting for partition assignment"
 
 
 def client_options(source: KafkaSource) -> dict[str, Any]:
@@ -53,6 +65,17 @@ def client_options(source: KafkaSource) -> dict[str, Any]:
     return options
 
 
+def instance_id(source: KafkaSource, state_path: str) -> str | None:
+    """The static group member's id (None: a dynamic member), stable across restarts."""
+    if source.group_id is None or not source.static_membership:
+        return None
+    if source.group_instance_id is not None:
+        return source.group_instance_id
+    # The state path tells apart two daemons of one group on one host.
+    where = hashlib.sha256(str(Path(state_path).resolve()).encode()).hexdigest()[:8]
+    return f"{socket.gethostname()}-{source.group_id}-{where}"
+
+
 def _ssl_context(security: KafkaSecurity) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=security.ca_file)
     if security.cert_file is not None:
@@ -69,13 +92,23 @@ class KafkaConsumerLoop:
         topics: Sequence[str],
         offsets: dict[tuple[str, int], int],
         handle: BatchHandler,
-        on_state: Callable[[bool], None],
+        on_state: StateHandler,
+        started_at: float = 0.0,
+        member: str | None = None,  # group_instance_id
     ) -> None:
         self.source = source
+        self.member = member
         self.topics = list(topics)
         self.offsets = offsets  # next offset to read, as persisted; updated per batch
         self.handle = handle
-        self.on_state = on_state
+        self.report = on_state
+        self.waiting: str | None = WAITING  # why not consuming, besides a silent broker
+        self.last_answer = time.monotonic()
+        self.silent = False  # the broker has not answered for `down_after`
+        self.next_probe = 0.0
+        self.started_ms = int(started_at * 1000)  # where partitions the store lacks begin
+        self.floors: dict[tuple[str, int], int] = {}  # see kafka_positions
+        self.positioning_failed: KafkaError | None = None
         self.backoff = Backoff()
         self.lag: dict[tuple[str, int], int] = {}  # messages behind each partition's end
 
@@ -85,21 +118,32 @@ class KafkaConsumerLoop:
             try:
                 await consumer.start()
                 await self._assign(consumer)
-                self.on_state(True)
-                self.backoff.reset()
                 await self._fetch_loop(consumer)
             except KafkaError as exc:
                 delay = self.backoff.next()
                 log.warning("kafka consumer: %s; retrying in %.1fs", _describe(exc), delay)
-                self.on_state(False)
+                self.on_state(f"broker unavailable: {_describe(exc)}")
                 await asyncio.sleep(delay)
             finally:
-                self.on_state(False)
+                if self.waiting is None:
+                    self.on_state(WAITING)
                 await _quietly(consumer.stop())
 
+    def on_state(self, waiting: str | None) -> None:
+        """Consuming (None) or why not; reported with the broker's silence."""
+        self.waiting = waiting
+        if self.silent:
+            self.report(False, f"no answer from the broker for {self.source.down_after:g}s")
+        else:
+            self.report(waiting is None, waiting or "")
+
     def _consumer(self) -> AIOKafkaConsumer:
+        session_ms = int(self.source.session_timeout * 1000)
         return AIOKafkaConsumer(
             group_id=self.source.group_id,
+            group_instance_id=self.member,
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(1, min(3000, session_ms // 3)),
             enable_auto_commit=False,
             auto_offset_reset=self.source.auto_offset_reset,
             fetch_max_wait_ms=FETCH_WAIT_MS,
@@ -108,7 +152,7 @@ class KafkaConsumerLoop:
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> None:
         if self.source.group_id is not None:
-            consumer.subscribe(self.topics, listener=_SeekOnAssign(consumer, self.offsets))
+            consumer.subscribe(self.topics, listener=_SeekOnAssign(consumer, self))
             return
         partitions: list[TopicPartition] = []
         for topic in self.topics:
@@ -120,21 +164,51 @@ class KafkaConsumerLoop:
         if not partitions:
             raise _NoPartitions(f"no partitions found for topics {self.topics}")
         consumer.assign(partitions)
-        await _seek(consumer, partitions, self.offsets)
+        await self.positioned(consumer, partitions)
+
+    async def positioned(
+        self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
+    ) -> None:
+        """Seek newly assigned partitions; up once every position is known."""
+        self.on_state(WAITING)
+        try:
+            floors = await seek_assigned(
+                consumer,
+                partitions,
+                self.offsets,
+                self.source.auto_offset_reset,
+                self.started_ms,
+            )
+        except KafkaError as exc:  # reading from an unknown position could skip events
+            self.positioning_failed = exc
+            return
+        self.floors.update(floors)
+        self.answered()
+        self.on_state(None)
+        self.backoff.reset()
 
     async def _fetch_loop(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             fetched = await consumer.getmany(timeout_ms=200, max_records=MAX_RECORDS)
+            failed, self.positioning_failed = self.positioning_failed, None
+            if failed is not None:
+                raise failed
+            if fetched:
+                self.answered()
+            elif time.monotonic() >= self.next_probe:
+                await self._probe(consumer)
             if not fetched:
                 continue
             batch: Fetched = []
             positions: dict[tuple[str, int], int] = {}
             origins: Origins = []
             for tp, messages in fetched.items():
-                keys = [message.key for message in messages]
-                batch.append((tp.topic, keys, [message.value for message in messages]))
                 positions[(tp.topic, tp.partition)] = messages[-1].offset + 1
-                origins.append((tp.partition, [message.offset for message in messages]))
+                messages = self._after_start(tp, messages)
+                if messages:
+                    keys = [message.key for message in messages]
+                    batch.append((tp.topic, keys, [message.value for message in messages]))
+                    origins.append((tp.partition, [message.offset for message in messages]))
             await self.handle(batch, positions, origins)
             self.offsets.update(positions)
             for tp in fetched:
@@ -147,6 +221,44 @@ class KafkaConsumerLoop:
                 commit = {TopicPartition(t, p): o for (t, p), o in positions.items()}
                 await _quietly(consumer.commit(commit))
 
+    async def _probe(self, consumer: AIOKafkaConsumer) -> None:
+        """Ask the partitions' leaders for their ends (or any broker for metadata)."""
+        every = self.source.down_after / 3
+        self.next_probe = time.monotonic() + every
+        partitions = sorted(consumer.assignment())
+        try:
+            async with asyncio.timeout(every):
+                ends = await consumer.end_offsets(partitions) if partitions else {}
+                if not partitions:
+                    await consumer.topics()
+        except (TimeoutError, KafkaError, OSError):
+            if not self.silent and time.monotonic() - self.last_answer >= self.source.down_after:
+                log.warning("kafka: no answer from the broker for %gs", self.source.down_after)
+                self.silent = True
+                self.on_state(self.waiting)
+            return
+        self.answered()
+        for tp, end in ends.items():
+            done = self.offsets.get((tp.topic, tp.partition))
+            if done is not None:
+                self.lag[(tp.topic, tp.partition)] = max(0, end - done)
+
+    def answered(self) -> None:
+        self.last_answer = time.monotonic()
+        if self.silent:
+            log.info("kafka: the broker answers again")
+            self.silent = False
+            self.on_state(self.waiting)
+
+    def _after_start(self, tp: TopicPartition, messages: list[Any]) -> list[Any]:
+        floor = self.floors.get((tp.topic, tp.partition))
+        if floor is None:
+            return messages
+        older, reached = drop_before_start(messages, floor)
+        if reached:
+            del self.floors[(tp.topic, tp.partition)]
+        return messages[older:]
+
 
 class _NoPartitions(KafkaError):  # type: ignore[misc]
     pass
@@ -155,26 +267,15 @@ class _NoPartitions(KafkaError):  # type: ignore[misc]
 class _SeekOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
     """Group mode: continue from the persisted offsets, not the group's committed ones."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, offsets: dict[tuple[str, int], int]) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, loop: KafkaConsumerLoop) -> None:
         self.consumer = consumer
-        self.offsets = offsets
+        self.loop = loop
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        return None
+        self.loop.on_state(WAITING)  # until the next assignment is positioned
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        await _seek(self.consumer, list(assigned), self.offsets)
-
-
-async def _seek(
-    consumer: AIOKafkaConsumer,
-    partitions: list[TopicPartition],
-    offsets: dict[tuple[str, int], int],
-) -> None:
-    for tp in partitions:
-        stored = offsets.get((tp.topic, tp.partition))
-        if stored is not None:
-            consumer.seek(tp, stored)
+        await self.loop.positioned(self.consumer, sorted(assigned))
 
 
 class KafkaPublisher:

@@ -38,6 +38,7 @@ class DaemonState:
     breakers: Callable[[], Mapping[str, str]] = dict
     migrations: Callable[[], Mapping[str, Mapping[str, float]]] = dict
     known: KnownSeries = field(default_factory=KnownSeries)  # counters exported from 0
+    sources: Callable[[], Mapping[str, bool]] = dict  # configured source -> up
 
 
 def _from_zero(counts: Mapping[_K, float], known: tuple[_K, ...]) -> list[tuple[_K, float]]:
@@ -156,6 +157,14 @@ class RolloutdCollector(Collector):
     def _daemon(self) -> Iterator[Metric]:
         state = self.state
         yield GaugeMetricFamily("rolloutd_ready", "1 when ready", value=float(state.ready()))
+        up = GaugeMetricFamily(
+            "rolloutd_source_up",
+            "1 while the source is connected and consuming, 0 otherwise",
+            labels=["source"],
+        )
+        for source, connected in sorted(state.sources().items()):
+            up.add_metric([source], float(connected))
+        yield up
         yield GaugeMetricFamily(
             "rolloutd_config_reload_success",
             "1 if the last config reload succeeded",

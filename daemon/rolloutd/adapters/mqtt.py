@@ -34,7 +34,7 @@ class MqttLink:
         self,
         source: MqttSource,
         handle: PayloadHandler,
-        on_state: Callable[[bool], None],
+        on_state: Callable[[bool, str], None],  # (up, why not)
     ) -> None:
         self.source = source
         self.handle = handle
@@ -70,7 +70,7 @@ class MqttLink:
                     self.client = client
                     for topic in self.source.topics:
                         await client.subscribe(topic, qos=self.source.qos)
-                    self.on_state(True)
+                    self.on_state(True, "")
                     self.backoff.reset()
                     async for message in client.messages:
                         payload = message.payload
@@ -82,9 +82,9 @@ class MqttLink:
             except aiomqtt.MqttError as exc:
                 delay = self.backoff.next()
                 log.warning("mqtt: %s; reconnecting in %.1fs", exc, delay)
+                self.on_state(False, f"broker unavailable: {exc}")
             finally:
                 self.client = None
-                self.on_state(False)
             await asyncio.sleep(delay)
 
     async def publish(self, messages: Sequence[tuple[str, bytes, bool]]) -> None:
