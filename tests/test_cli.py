@@ -21,13 +21,15 @@ SECRETS = {
 
 
 def rolloutd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The command with `env` added; the caller's own token and URL are never passed on."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("ROLLOUTD_TOKEN", "ROLLOUTD_URL")}
     return subprocess.run(
         [sys.executable, "-m", "rolloutd.cli", *args],
         capture_output=True,
         text=True,
         check=False,
         timeout=60,
-        env={**os.environ, **(env or {})},
+        env={**clean, **(env or {})},
     )
 
 

@@ -7,12 +7,10 @@ systemd's RestartPreventExitStatus=2 stops retrying), 3 a command the daemon ref
 from __future__ import annotations
 
 import http.server
-import os
 import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from brokers import free_port
+from test_cli import rolloutd
 from test_http import TOKEN, Api, start_daemon
 
 CONFIG = """
@@ -33,18 +32,6 @@ rollouts:
 state: {{path: "{state}"}}
 http: {{listen: "127.0.0.1:{port}"}}
 """
-
-
-def rolloutd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in ("ROLLOUTD_TOKEN", "ROLLOUTD_URL")}
-    return subprocess.run(
-        [sys.executable, "-m", "rolloutd.cli", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-        env={**clean, **(env or {})},
-    )
 
 
 def one_line(result: subprocess.CompletedProcess[str], code: int) -> str:
