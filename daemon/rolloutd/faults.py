@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rolloutd.core.decisions import Decision
-from rolloutd.core.engine import Engine, EngineStats
+from rolloutd.core.engine import FUTURE, Engine, EngineStats
 from rolloutd.core.events import Event
 from rolloutd.core.intake import Guard
 
@@ -140,13 +140,13 @@ def take_decoded(
     array, say); `index` finds the payload's position if one fails. The events taken."""
     taken = 0
     for event in events:
-        if event.ts > guard.latest:
-            guard.future(event)
-            continue
         try:
-            decisions = engine.handle(event, now)
+            decisions = engine.handle(event, now, guard.latest)
         except Exception as exc:  # as in the intake's fast path: skip it, never stop
             guard.failed(index(), exc)
+            continue
+        if decisions is FUTURE:
+            guard.future(event)
             continue
         taken += 1
         if decisions:

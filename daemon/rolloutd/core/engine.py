@@ -67,6 +67,9 @@ _LATENCIES: Final = Requests.__struct_fields__.index("latency_ms")
 _NOT_STARTED: Final = -math.inf
 
 SNAPSHOT_VERSION: Final = 1
+# What `handle` answers for an event dated after its `latest`, told apart by identity
+# (`decisions is FUTURE`); empty, and never to be added to.
+FUTURE: Final[list[Decision]] = []
 _STAT_FIELDS: Final = ("events", "late", "too_old", "unrouted", "ignored")
 
 
@@ -414,13 +417,23 @@ class Engine:
             trig.dirty = True
 
     # -- events -------------------------------------------------------------------------
-    def handle(self, event: Event, now: float | None = None) -> list[Decision]:
-        """Take one event at `now` (default: the later of the engine's time and the event's)."""
+    def handle(
+        self, event: Event, now: float | None = None, latest: float = math.inf
+    ) -> list[Decision]:
+        """Take one event at `now` (default: the later of the engine's time and the event's).
+
+        An event dated after `latest` (the daemon: its clock plus the allowed skew) is
+        refused: it changes nothing and the answer is `FUTURE` itself."""
         kind = type(event)
         if kind is _COMMAND:
-            return self._take_command(cast(Command, event), now)
+            command = cast(Command, event)
+            if command.ts > latest:
+                return FUTURE
+            return self._take_command(command, now)
         fields = _fields(event)
         ts: float = fields[_TS]
+        if ts > latest:
+            return FUTURE
         current_now = self._now
         at = _time_of(now, ts, current_now)
         bucket = self.bucket

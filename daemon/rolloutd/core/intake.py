@@ -9,10 +9,10 @@ Events are decoded a batch at a time and then handed to the engine in the same o
 the decoder's code and the engine's code each stay in the instruction cache for a whole
 batch, where alternating per event evicted both (about 10% of the time per event).
 
-With a `Guard` (the daemon's), an event dated after `guard.latest` is refused before the
-engine sees it, and an exception while the engine handles one event is reported with that
-event's payload index and the event skipped: one message must never stop the intake. Without
-one, such an exception propagates.
+With a `Guard` (the daemon's), an event dated after `guard.latest` is refused (the engine
+checks it with the timestamp it reads anyway, and answers `FUTURE`), and an exception while
+the engine handles one event is reported with that event's payload index and the event
+skipped: one message must never stop the intake. Without one, such an exception propagates.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from rolloutd.core.decisions import Decision
-from rolloutd.core.engine import Engine
+from rolloutd.core.engine import FUTURE, Engine
 from rolloutd.core.events import DECODE_ERRORS, Event, decode_single
 
 BATCH: Final = 256  # decoded events held before the engine takes them
@@ -94,14 +94,17 @@ def _handle(
     else:
         taken = 0
         latest = guard.latest
-        for i, event in enumerate(batch):
-            if event.ts > latest:
-                guard.future(event)
-                continue
+        index = first
+        for event in batch:
             try:
-                decisions = engine.handle(event, now)
+                decisions = engine.handle(event, now, latest)
             except Exception as exc:  # input we could not handle: skip it, never stop
-                guard.failed(first + i, exc)
+                guard.failed(index, exc)
+                index += 1
+                continue
+            index += 1
+            if decisions is FUTURE:
+                guard.future(event)
                 continue
             taken += 1
             if decisions:
