@@ -37,6 +37,7 @@ from msgspec.structs import astuple
 from rolloutd.core.breaker import BreakerRuntime
 from rolloutd.core.decisions import BreakerDecision, Decision, RefusedDecision
 from rolloutd.core.events import Command, Counter, Event, Gauge, Request, Requests
+from rolloutd.core.machines import OPEN
 from rolloutd.core.rollout import RolloutRuntime
 from rolloutd.core.spec import EngineSpec, RolloutSpec, TriggerSpec
 from rolloutd.core.triggers import INACTIVE, INSUFFICIENT, BreakerView, TriggerRuntime
@@ -326,7 +327,7 @@ class Engine:
         bucket = self.bucket
         routes = [r for r in self._order if r.rollout.armed and not r.quiet]
         for b in range(self._head + 1, last + 1):
-            waiting = [x for x in self._breakers.values() if x.state == "open"]
+            waiting = [x for x in self._breakers.values() if x.state == OPEN]
             if not routes and not waiting:
                 break  # a long silence costs nothing once every rollout is quiet
             boundary = b * bucket

@@ -1,8 +1,9 @@
 """The rollout state machine: one table of (phase, event) -> phase, and a runtime that uses it.
 
 Rules:
-* Every phase change goes through TRANSITIONS; a command with no entry for the current phase
-  is refused with a reason and changes nothing.
+* Every phase change goes through `_transition`, which takes its target from TRANSITIONS
+  (core/machines.py); a command with no entry for the current phase is refused with a
+  reason and changes nothing.
 * STEPPING as a target means "progressing, or promoted when the new step is the last".
 * Steps advance only through the gate: hold (or bake) elapsed and no trigger pending, firing
   or short of data; a hold also waits for the spec's advance window, if any, to be open.
@@ -19,7 +20,7 @@ Rules:
 from __future__ import annotations
 
 import math
-from typing import Any, Final
+from typing import Any
 
 from rolloutd.core.decisions import (
     AlertDecision,
@@ -30,62 +31,40 @@ from rolloutd.core.decisions import (
     TriggerDecision,
     whole,
 )
+from rolloutd.core.machines import (
+    ABORT,
+    ABORTED,
+    ARMED,
+    BAKE_ELAPSED,
+    COMMANDS,
+    COMPLETED,
+    HOLD_ELAPSED,
+    PENDING,
+    PHASES,
+    PROGRESSING,
+    PROMOTE,
+    PROMOTED,
+    RESUME,
+    RETRY,
+    ROLLBACK,
+    ROLLED_BACK,
+    SET_PERCENT,
+    START,
+    STEPPING,
+    TERMINAL,
+    TRANSITIONS,
+    TRIGGER_PAUSE,
+    TRIGGER_ROLLBACK,
+)
 from rolloutd.core.schedule import SEARCH_HORIZON
 from rolloutd.core.spec import RolloutSpec
 from rolloutd.core.triggers import FIRING, INACTIVE, TriggerRuntime
 
-PENDING: Final = "pending"
-PROGRESSING: Final = "progressing"
-PAUSED: Final = "paused"
-PROMOTED: Final = "promoted"
-COMPLETED: Final = "completed"
-ROLLED_BACK: Final = "rolled_back"
-ABORTED: Final = "aborted"
-PHASES: Final = (PENDING, PROGRESSING, PAUSED, PROMOTED, COMPLETED, ROLLED_BACK, ABORTED)
-TERMINAL: Final = (COMPLETED, ROLLED_BACK, ABORTED)
-ARMED: Final = (PROGRESSING, PAUSED, PROMOTED)
-STEPPING: Final = "stepping"
-
-COMMANDS: Final = (
-    "start",
-    "promote",
-    "pause",
-    "resume",
-    "abort",
-    "retry",
-    "rollback",
-    "set_percent",
-)
-# Events that are not commands: the clock and the triggers.
-HOLD_ELAPSED: Final = "hold elapsed"
-BAKE_ELAPSED: Final = "bake elapsed"
-TRIGGER_ROLLBACK: Final = "trigger rollback"
-TRIGGER_PAUSE: Final = "trigger pause"
-
-_STOPPABLE: Final = (PENDING, PROGRESSING, PAUSED, PROMOTED, COMPLETED)
-TRANSITIONS: dict[tuple[str, str], str] = {
-    (PENDING, "start"): STEPPING,
-    (PROGRESSING, "promote"): STEPPING,
-    (PAUSED, "promote"): STEPPING,
-    (PROGRESSING, "pause"): PAUSED,
-    (PROMOTED, "pause"): PAUSED,
-    (PAUSED, "resume"): STEPPING,
-    (ROLLED_BACK, "retry"): STEPPING,
-    (ABORTED, "retry"): STEPPING,
-    (PROGRESSING, "set_percent"): PAUSED,
-    (PAUSED, "set_percent"): PAUSED,
-    (PROMOTED, "set_percent"): PAUSED,
-    (PROGRESSING, HOLD_ELAPSED): STEPPING,
-    (PROMOTED, BAKE_ELAPSED): COMPLETED,
-    (PROGRESSING, TRIGGER_ROLLBACK): ROLLED_BACK,
-    (PAUSED, TRIGGER_ROLLBACK): ROLLED_BACK,
-    (PROMOTED, TRIGGER_ROLLBACK): ROLLED_BACK,
-    (COMPLETED, TRIGGER_ROLLBACK): ROLLED_BACK,
-    (PROGRESSING, TRIGGER_PAUSE): PAUSED,
-    (PROMOTED, TRIGGER_PAUSE): PAUSED,
-    **{(phase, "abort"): ABORTED for phase in _STOPPABLE},
-    **{(phase, "rollback"): ROLLED_BACK for phase in _STOPPABLE},
-}
+# The table and its names live in machines; these are the rollout's own, re-exported.
+__all__ = [  # noqa: RUF022 (the runtime first, then the names it re-exports)
+    "RolloutRuntime", "refusal_reason", "ABORTED", "COMMANDS", "PHASES", "ROLLED_BACK",
+    "STEPPING", "TERMINAL", "TRANSITIONS"
+]
 
 
 def refusal_reason(phase: str, command: str) -> str:
@@ -166,30 +145,48 @@ class RolloutRuntime:
             )
         )
 
-    def _enter_step(
-        self, out: list[Decision], now: float, step: int, reason: str, actor: str | None = None
+    def _accepts(self, event: str) -> bool:
+        return (self.phase, event) in TRANSITIONS
+
+    def _transition(
+        self, out: list[Decision], now: float, event: str, reason: str, actor: str | None = None
     ) -> None:
-        """Move to `step` (percent decision), then to the phase the step implies."""
+        """The one way the phase changes: to TRANSITIONS' target for `event` (STEPPING: by
+        the current step), with a phase decision unless the target is the phase held."""
+        target = TRANSITIONS[(self.phase, event)]
+        if target == STEPPING:
+            target = PROMOTED if self.step == self.last_step else PROGRESSING
+        if target != self.phase:
+            self._phase(out, now, target, reason, actor)
+
+    def _enter_step(
+        self,
+        out: list[Decision],
+        now: float,
+        event: str,
+        step: int,
+        reason: str,
+        actor: str | None = None,
+    ) -> None:
+        """Move to `step` (percent decision), then take `event`'s transition."""
         self.step = step
         self.step_started = now
         self.percent = self.spec.steps[step].percent
         self._percent(out, now, reason, actor)
-        phase = PROMOTED if step == self.last_step else PROGRESSING
-        if phase != self.phase:
-            self._phase(out, now, phase, reason, actor)
+        self._transition(out, now, event, reason, actor)
 
     def _stop(
         self,
         out: list[Decision],
         now: float,
-        phase: str,
+        event: str,
         reason: str,
         phase_reason: str,
         actor: str | None = None,
     ) -> None:
         self.percent = 0.0
         self._percent(out, now, reason, actor)
-        self._phase(out, now, phase, phase_reason, actor)
+        self._transition(out, now, event, phase_reason, actor)
 
     def _reset_triggers(self, out: list[Decision], now: float) -> None:
         """start/retry: triggers begin inactive; a firing one is resolved on the way."""
@@ -236,19 +233,22 @@ class RolloutRuntime:
         if start_at is not None and now < start_at:
             self.scheduled = True
             return
-        self._start(out, now, reason, actor)
+        self._start(out, now, START, reason, actor)
 
-    def _start(self, out: list[Decision], now: float, reason: str, actor: str | None) -> None:
+    def _start(
+        self, out: list[Decision], now: float, event: str, reason: str, actor: str | None
+    ) -> None:
+        """start or retry: from the first step, triggers reset."""
         self.scheduled = False
         self.started_at = now
         self._reset_triggers(out, now)
-        self._enter_step(out, now, 0, reason, actor)
+        self._enter_step(out, now, event, 0, reason, actor)
 
     def _start_if_due(self, out: list[Decision], now: float) -> None:
         start_at = self.spec.start_at
         # No start_at any more: a reload dropped it, so the start is overdue.
         if start_at is None or now >= start_at:
-            self._start(out, now, "start", None)
+            self._start(out, now, START, START, None)
 
     def evaluate(self, out: list[Decision], now: float) -> None:
         """One evaluation point: triggers first (they may act), then holds and bake."""
@@ -266,10 +266,10 @@ class RolloutRuntime:
             and self._window_open(now)
             and self._gate_open()
         ):
-            self._enter_step(out, now, self.step + 1, HOLD_ELAPSED)
+            self._enter_step(out, now, HOLD_ELAPSED, self.step + 1, HOLD_ELAPSED)
             phase = self.phase
         if phase == PROMOTED and now >= self.deadline() and self._gate_open():
-            self._phase(out, now, COMPLETED, BAKE_ELAPSED)
+            self._transition(out, now, BAKE_ELAPSED, BAKE_ELAPSED)
 
     def deadline(self) -> float:
         """When the current hold (progressing) or the bake (promoted) ends; never otherwise."""
@@ -319,12 +319,12 @@ class RolloutRuntime:
         """The firing trigger's action; False after a rollback."""
         name = trig.spec.name
         action = trig.spec.action
-        if action == "rollback" and (self.phase, TRIGGER_ROLLBACK) in TRANSITIONS:
-            self._stop(out, now, ROLLED_BACK, f"rollback: {name}", name)
+        if action == "rollback" and self._accepts(TRIGGER_ROLLBACK):
+            self._stop(out, now, TRIGGER_ROLLBACK, f"rollback: {name}", name)
             self._alert(out, now, trig, "firing")
             return False
-        if action == "pause" and (self.phase, TRIGGER_PAUSE) in TRANSITIONS:
-            self._phase(out, now, PAUSED, name)
+        if action == "pause" and self._accepts(TRIGGER_PAUSE):
+            self._transition(out, now, TRIGGER_PAUSE, name)
         self._alert(out, now, trig, "firing")
         return True
 
@@ -341,27 +341,27 @@ class RolloutRuntime:
         if self.scheduled:
             # A due start comes first, as the engine's own start would have.
             self._start_if_due(out, now)
-        target = TRANSITIONS.get((self.phase, command))
-        if target is None:
+        if not self._accepts(command):
             self._refuse(out, now, command, refusal_reason(self.phase, command), actor)
             return
         self.scheduled = False  # every command accepted while pending replaces the schedule
         reason = f"command: {command}"
-        if command == "start" or command == "retry":
-            self._start(out, now, reason, actor)
-        elif command == "promote":
+        if command in (START, RETRY):
+            self._start(out, now, command, reason, actor)
+        elif command == PROMOTE:
             if self.step == self.last_step:
                 self._refuse(out, now, command, "already at the last step", actor)
                 return
-            self._enter_step(out, now, self.last_step if full else self.step + 1, reason, actor)
-        elif command == "resume":
+            step = self.last_step if full else self.step + 1
+            self._enter_step(out, now, command, step, reason, actor)
+        elif command == RESUME:
             self._resume(out, now, reason, actor)
-        elif command == "set_percent":
+        elif command == SET_PERCENT:
             self._set_percent(out, now, percent, reason, actor)
-        elif command in ("abort", "rollback"):
-            self._stop(out, now, target, reason, reason, actor)
+        elif command in (ABORT, ROLLBACK):
+            self._stop(out, now, command, reason, reason, actor)
         else:  # pause
-            self._phase(out, now, target, reason, actor)
+            self._transition(out, now, command, reason, actor)
 
     def _refuse(
         self, out: list[Decision], now: float, command: str, reason: str, actor: str | None
@@ -383,9 +383,7 @@ class RolloutRuntime:
         if self.percent != step_percent:  # back from a manual set_percent
             self.percent = step_percent
             self._percent(out, now, reason, actor)
-        self._phase(
-            out, now, PROMOTED if self.step == self.last_step else PROGRESSING, reason, actor
-        )
+        self._transition(out, now, RESUME, reason, actor)
 
     def _set_percent(
         self,
@@ -401,8 +399,7 @@ class RolloutRuntime:
         below = [i for i, s in enumerate(self.spec.steps) if s.percent <= percent]
         self.step = below[-1] if below else 0
         self._percent(out, now, reason, actor)
-        if self.phase != PAUSED:
-            self._phase(out, now, PAUSED, reason, actor)
+        self._transition(out, now, SET_PERCENT, reason, actor)
 
     # -- snapshot -----------------------------------------------------------------------
     def dump(self) -> dict[str, Any]:

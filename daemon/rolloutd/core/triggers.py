@@ -28,15 +28,27 @@ from __future__ import annotations
 import math
 from typing import Any, Final
 
+from rolloutd.core.machines import (
+    BREACH_HELD,
+    BREACH_SEEN,
+    CLEAR_HELD,
+    CLEAR_SEEN,
+    OPEN_STATES,
+    TRIGGER_FIRING,
+    TRIGGER_INACTIVE,
+    TRIGGER_PENDING,
+    TRIGGER_TRANSITIONS,
+)
 from rolloutd.core.spec import TriggerSpec
 from rolloutd.core.windows import RequestView, SampleSeries, SampleView, slot_value
 
 OK: Final = 0
 BREACH: Final = 1
 INSUFFICIENT: Final = 2
-INACTIVE: Final = "inactive"
-PENDING: Final = "pending"
-FIRING: Final = "firing"
+# The states, as the rest of the daemon imports them from here.
+INACTIVE: Final = TRIGGER_INACTIVE
+PENDING: Final = TRIGGER_PENDING
+FIRING: Final = TRIGGER_FIRING
 
 # Comparison ops as small ints, so a read compares natively (compiled) without a call.
 GT: Final = 0
@@ -111,7 +123,7 @@ class BreakerView:
         self.span = 1
 
     def value(self) -> float:
-        return 1.0 if self.breaker.state in ("open", "forced_open") else 0.0
+        return 1.0 if self.breaker.state in OPEN_STATES else 0.0
 
 
 class TriggerRuntime:
@@ -413,7 +425,9 @@ class TriggerRuntime:
 
     # -- state --------------------------------------------------------------------------
     def step(self, now: float) -> str | None:
-        """Apply the latest reading at `now`; the new state if it changed, else None."""
+        """Apply the latest reading at `now`; the new state if it changed, else None.
+
+        The reading and the clocks make the event; TRIGGER_TRANSITIONS gives the state."""
         outcome = self.outcome
         state = self.state
         if outcome == OK and state == INACTIVE:
@@ -423,27 +437,30 @@ class TriggerRuntime:
         if outcome == BREACH:
             self.ok_since = None
             if state == INACTIVE:
-                if self.for_ <= 0:
-                    self.state = FIRING
-                    return FIRING
-                self.state, self.since = PENDING, now
-                return PENDING
+                return self._move(now, BREACH_HELD if self.for_ <= 0 else BREACH_SEEN)
             if state == PENDING:
                 assert self.since is not None
                 if now >= self.since + self.for_:
-                    self.state = FIRING
-                    return FIRING
+                    return self._move(now, BREACH_HELD)
             return None
-        if state == PENDING:  # a false reading ends the streak at once
-            self.state, self.since = INACTIVE, None
-            return INACTIVE
-        # firing: resolves once the condition has been false for one full bucket
+        if state == PENDING:
+            return self._move(now, CLEAR_SEEN)
+        # firing: the resolve clock starts at the first OK reading
         if self.ok_since is None:
             self.ok_since = now
         if now >= self.ok_since + self.bucket_seconds:
-            self.state, self.since, self.ok_since = INACTIVE, None, None
-            return INACTIVE
+            return self._move(now, CLEAR_HELD)
         return None
+
+    def _move(self, now: float, event: str) -> str:
+        """Take `event`'s transition: pending starts the `for` clock, inactive stops both."""
+        state = TRIGGER_TRANSITIONS[(self.state, event)]
+        self.state = state
+        if state == PENDING:
+            self.since = now
+        elif state == INACTIVE:
+            self.since = self.ok_since = None
+        return state
 
     def next_change(self, now: float, started_at: float | None) -> float:
         """The earliest time at which `step` could change the state with no new reading
