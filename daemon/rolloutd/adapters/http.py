@@ -22,17 +22,17 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from rolloutd.core.decisions import Decision, to_dict
 from rolloutd.core.events import CommandName
+from rolloutd.core.machines import BREAKER_COMMANDS, COMMANDS
 from rolloutd.core.rollout import RolloutRuntime
 from rolloutd.pipeline import Pipeline
 
-MUTATIONS = ("start", "promote", "pause", "resume", "abort", "retry", "rollback", "set_percent")
+MUTATIONS = COMMANDS
 assert set(MUTATIONS) <= set(get_args(CommandName))
 
 # (rollout, command, actor, percent, full) -> decisions; the service runs it on its loop.
 CommandRunner = Callable[[str, CommandName, str, float | None, bool], Awaitable[list[Decision]]]
 # (breaker, command) -> decisions
 BreakerRunner = Callable[[str, str], Awaitable[list[Decision]]]
-BREAKER_COMMANDS = ("force_open", "disable", "metrics_only", "reset")
 
 
 @dataclass(slots=True)

@@ -37,16 +37,29 @@ from typing import Any, Literal
 
 from rolloutd.core.decisions import BreakerDecision
 from rolloutd.core.events import Event, Request, Requests
+from rolloutd.core.machines import (
+    BREAKER_COMMANDS,
+    BREAKER_STATES,
+    BREAKER_TRANSITIONS,
+    CLOSED,
+    DISABLED,
+    FORCED_OPEN,
+    HALF_OPEN,
+    METRICS_ONLY,
+    OPEN,
+    TRIAL_FAILED,
+    TRIAL_PASSED,
+    WAIT_ELAPSED,
+    WINDOW_BREACHED,
+)
 
-CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
-FORCED_OPEN, DISABLED, METRICS_ONLY = "forced_open", "disabled", "metrics_only"
-STATES = (CLOSED, OPEN, HALF_OPEN, FORCED_OPEN, DISABLED, METRICS_ONLY)
-COMMANDS = {
-    "force_open": FORCED_OPEN,
-    "disable": DISABLED,
-    "metrics_only": METRICS_ONLY,
-    "reset": CLOSED,
-}
+__all__ = [  # noqa: RUF022 (the breaker's own names, then the states it re-exports)
+    "COMMANDS", "STATES", "BreakerRuntime", "BreakerSpec", "calls_of", "slow_call_ms",
+    "CLOSED", "DISABLED", "FORCED_OPEN", "HALF_OPEN", "METRICS_ONLY", "OPEN"
+]
+STATES = BREAKER_STATES
+# What each command leads to, read off the table (the same from every state).
+COMMANDS = {command: BREAKER_TRANSITIONS[(CLOSED, command)] for command in BREAKER_COMMANDS}
 
 Rational = int | Fraction
 Point = tuple[int, Rational, Rational]  # a window's calls, failures and slow calls
@@ -373,8 +386,10 @@ class BreakerRuntime:
         return self._clock
 
     def _enter(
-        self, out: list[BreakerDecision], now: float, state: str, seen: Seen, why: str
+        self, out: list[BreakerDecision], now: float, event: str, seen: Seen, why: str
     ) -> None:
+        """Take `event`'s transition (BREAKER_TRANSITIONS): one decision, an empty window."""
+        state = BREAKER_TRANSITIONS[(self.state, event)]
         calls, failure_rate, slow_call_rate = seen
         name = self.spec.name
         out.append(
@@ -400,7 +415,7 @@ class BreakerRuntime:
         clock = self._tick(now)
         out: list[BreakerDecision] = []
         if self.state == OPEN and clock >= self._until:
-            self._enter(out, now, HALF_OPEN, (0, None, None), "wait in open elapsed")
+            self._enter(out, now, WAIT_ELAPSED, (0, None, None), "wait in open elapsed")
         elif self.state in (CLOSED, METRICS_ONLY):
             self._window.advance(clock)
         return out
@@ -423,7 +438,7 @@ class BreakerRuntime:
             if breach is not None:
                 taken, point = breach
                 self._opens = 1
-                self._enter(out, now, OPEN, _rates(point), self._why(point))
+                self._enter(out, now, WINDOW_BREACHED, _rates(point), self._why(point))
                 return taken
         if self.state in (CLOSED, METRICS_ONLY):
             self._window.add(self._now(), kept, batch)
@@ -449,22 +464,22 @@ class BreakerRuntime:
             self._trial = point
         elif why := self._why(point):
             self._opens += 1
-            self._enter(out, now, OPEN, _rates(point), f"half-open trial failed: {why}")
+            self._enter(out, now, TRIAL_FAILED, _rates(point), f"half-open trial failed: {why}")
         else:
             self._opens = 0
-            self._enter(out, now, CLOSED, _rates(point), "half-open trial passed")
+            self._enter(out, now, TRIAL_PASSED, _rates(point), "half-open trial passed")
         return taken
 
     def command(self, now: float, command: str) -> list[BreakerDecision]:
         """force_open, disable, metrics_only or reset (to closed, with an empty window)."""
-        target = COMMANDS.get(command)
-        if target is None:
-            raise ValueError(f"unknown breaker command {command!r}; known: {', '.join(COMMANDS)}")
+        if command not in BREAKER_COMMANDS:
+            known = ", ".join(BREAKER_COMMANDS)
+            raise ValueError(f"unknown breaker command {command!r}; known: {known}")
         out = self.advance(now)
-        if target != self.state:
+        if BREAKER_TRANSITIONS[(self.state, command)] != self.state:
             self._opens = 0
             seen = (self.calls(), self.failure_rate(), self.slow_call_rate())
-            self._enter(out, now, target, seen, f"command: {command}")
+            self._enter(out, now, command, seen, f"command: {command}")
         elif command == "reset":
             self._window = self._new_window()
         return out

@@ -24,6 +24,8 @@ import msgspec
 from msgspec import Meta
 from msgspec.structs import force_setattr
 
+from rolloutd.core.machines import COMMANDS
+
 _MAX = sys.float_info.max
 # JSON cannot spell NaN, and msgspec refuses numbers beyond the float range ("Number out of
 # range"); the explicit bounds keep infinities out even if a parser ever produced them.
@@ -52,7 +54,8 @@ Latencies = Annotated[tuple[Latency, ...], Meta(max_length=MAX_LATENCY_SAMPLES)]
 CommandName = Literal[
     "start", "promote", "pause", "resume", "abort", "retry", "rollback", "set_percent"
 ]
-COMMANDS: tuple[str, ...] = get_args(CommandName)
+# The names are machines.COMMANDS; a Literal must spell them out for the decoder's checks.
+assert get_args(CommandName) == COMMANDS, "CommandName must list machines.COMMANDS in order"
 
 REJECTION_REASONS: tuple[str, ...] = (
     "bad_json",
