@@ -72,6 +72,13 @@ TRANSITIONS: Final[dict[tuple[str, str], str]] = {
     **{(phase, ROLLBACK): ROLLED_BACK for phase in _STOPPABLE},
 }
 
+
+def refusal_reason(phase: str, command: str) -> str:
+    """Why `command` is refused in `phase`: the phases the table accepts it in."""
+    allowed = sorted(p for (p, c) in TRANSITIONS if c == command)
+    return f"{command} does not apply in phase {phase} (only in {', '.join(allowed)})"
+
+
 # -- triggers --------------------------------------------------------------------------
 TRIGGER_INACTIVE: Final = "inactive"
 TRIGGER_PENDING: Final = "pending"

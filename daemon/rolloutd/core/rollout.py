@@ -55,6 +55,7 @@ from rolloutd.core.machines import (
     TRANSITIONS,
     TRIGGER_PAUSE,
     TRIGGER_ROLLBACK,
+    refusal_reason,
 )
 from rolloutd.core.schedule import SEARCH_HORIZON
 from rolloutd.core.spec import RolloutSpec
@@ -65,11 +66,6 @@ __all__ = [  # noqa: RUF022 (the runtime first, then the names it re-exports)
     "RolloutRuntime", "refusal_reason", "ABORTED", "COMMANDS", "PHASES", "ROLLED_BACK",
     "STEPPING", "TERMINAL", "TRANSITIONS"
 ]
-
-
-def refusal_reason(phase: str, command: str) -> str:
-    allowed = sorted(p for (p, c) in TRANSITIONS if c == command)
-    return f"{command} does not apply in phase {phase} (only in {', '.join(allowed)})"
 
 
 class RolloutRuntime:
