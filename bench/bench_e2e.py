@@ -343,6 +343,53 @@ class Fill:
     bytes: int
 
 
+class PartitionWriter:
+    """One producer batch per partition, sent as it fills; at most 64 sends in flight."""
+
+    def __init__(self, producer: AIOKafkaProducer, partitions: int) -> None:
+        self.producer = producer
+        self.batches = [producer.create_batch() for _ in range(partitions)]
+        self.pending: list[asyncio.Future[Any]] = []
+        self.messages = self.bytes = 0
+
+    async def put(self, partition: int, value: bytes) -> None:
+        batch = self.batches[partition]
+        if batch.append(key=None, value=value, timestamp=None) is None:
+            batch.close()
+            sent = await self.producer.send_batch(batch, METRICS, partition=partition)
+            self.pending.append(sent)
+            batch = self.batches[partition] = self.producer.create_batch()
+            batch.append(key=None, value=value, timestamp=None)
+        self.messages += 1
+        self.bytes += len(value)
+        if len(self.pending) >= 64:
+            await asyncio.gather(*self.pending)
+            self.pending.clear()
+
+    async def flush(self) -> None:
+        for p, batch in enumerate(self.batches):
+            if batch.record_count():
+                batch.close()
+                self.pending.append(await self.producer.send_batch(batch, METRICS, partition=p))
+        await asyncio.gather(*self.pending)
+
+
+def traffic_event(rnd: random.Random, now: float, rollouts: int) -> tuple[int, TrafficEvent]:
+    """A random rollout's next event: a single request (80%) or a batch."""
+    index = rnd.randrange(rollouts)
+    cohort = "canary" if rnd.random() < 1 / 3 else "control"
+    if rnd.random() < 0.8:
+        event = TrafficEvent(
+            now, "request", f"r{index}", cohort, ok=rnd.random() >= 0.005,
+            latency_ms=round(rnd.lognormvariate(3.5, 0.6), 1),
+        )  # fmt: skip
+    else:
+        count = rnd.randint(5, 100)
+        errors = 1 if rnd.random() < count * 0.005 else 0
+        event = TrafficEvent(now, "requests", f"r{index}", cohort, count=count, errors=errors)
+    return index, event
+
+
 async def prefill(bootstrap: str, events: int, rollouts: int, partitions: int, seed: int) -> Fill:
     """N traffic events keyed (partitioned) by rollout, markers, then one pause per partition."""
     rnd = random.Random(seed)
@@ -351,27 +398,12 @@ async def prefill(bootstrap: str, events: int, rollouts: int, partitions: int, s
         bootstrap_servers=bootstrap, max_batch_size=PRODUCE_BATCH, max_request_size=16 << 20
     )
     await producer.start()
-    batches = [producer.create_batch() for _ in range(partitions)]
-    pending: list[asyncio.Future[Any]] = []
-    total_bytes = messages = 0
+    writer = PartitionWriter(producer, partitions)
+    put = writer.put
     # Markers: a `resume` to the last rollout (progressing: refused, nothing changes).
     marker_rollout = rollouts - 1
     marker_every = max(1, events // MARKERS)
     marker_at: dict[int, int] = {}
-
-    async def put(partition: int, value: bytes) -> None:
-        nonlocal messages, total_bytes
-        batch = batches[partition]
-        if batch.append(key=None, value=value, timestamp=None) is None:
-            batch.close()
-            pending.append(await producer.send_batch(batch, METRICS, partition=partition))
-            batch = batches[partition] = producer.create_batch()
-            batch.append(key=None, value=value, timestamp=None)
-        messages += 1
-        total_bytes += len(value)
-        if len(pending) >= 64:
-            await asyncio.gather(*pending)
-            pending.clear()
 
     start = time.perf_counter()
     now = time.time()
@@ -385,30 +417,16 @@ async def prefill(bootstrap: str, events: int, rollouts: int, partitions: int, s
                 marker = {"ts": now, "type": "command", "rollout": f"r{marker_rollout}",
                           "command": "resume", "actor": actor}  # fmt: skip
                 await put(p, encode(marker))
-        index = rnd.randrange(rollouts)
-        cohort = "canary" if rnd.random() < 1 / 3 else "control"
-        if rnd.random() < 0.8:
-            event = TrafficEvent(
-                now, "request", f"r{index}", cohort, ok=rnd.random() >= 0.005,
-                latency_ms=round(rnd.lognormvariate(3.5, 0.6), 1),
-            )  # fmt: skip
-        else:
-            count = rnd.randint(5, 100)
-            errors = 1 if rnd.random() < count * 0.005 else 0
-            event = TrafficEvent(now, "requests", f"r{index}", cohort, count=count, errors=errors)
+        index, event = traffic_event(rnd, now, rollouts)
         await put(index % partitions, encode(event))
     for p in range(partitions):  # the end of each partition: a pause for rollout r<p>
         pause = {"ts": time.time(), "type": "command", "rollout": f"r{p}", "command": "pause",
                  "actor": "bench-end"}  # fmt: skip
         await put(p, encode(pause))
-    for p, batch in enumerate(batches):
-        if batch.record_count():
-            batch.close()
-            pending.append(await producer.send_batch(batch, METRICS, partition=p))
-    await asyncio.gather(*pending)
+    await writer.flush()
     seconds = time.perf_counter() - start
     await producer.stop()
-    return Fill(events, messages, marker_at, seconds, total_bytes)
+    return Fill(events, writer.messages, marker_at, seconds, writer.bytes)
 
 
 @dataclass(slots=True)
@@ -464,6 +482,20 @@ class DaemonRun:
     log_tail: str = ""
 
 
+def note_decision(
+    result: DaemonRun, decision: dict[str, Any], now: float, paused: set[str]
+) -> bool:
+    """Count a decision read at `now`; True when it is the first start (the span opens)."""
+    result.kinds[decision["kind"]] += 1
+    actor = decision.get("actor") or ""
+    if decision["kind"] == "refused" and actor.startswith("bench-marker-"):
+        k, p = actor.removeprefix("bench-marker-").split("-")
+        result.markers[int(k), int(p)] = now
+    if decision["kind"] == "phase" and decision.get("phase") == "paused":
+        paused.add(decision["rollout"])
+    return math.isnan(result.t0) and decision.get("reason") == "start"
+
+
 async def run_daemon(
     bootstrap: str, daemon: Daemon, partitions: int, broker_pid: int, limit: float
 ) -> DaemonRun:
@@ -488,20 +520,12 @@ async def run_daemon(
             now = time.perf_counter()
             for batch in fetched.values():
                 for message in batch:
-                    decision = json.loads(message.value)
-                    result.kinds[decision["kind"]] += 1
-                    if math.isnan(result.t0) and decision.get("reason") == "start":
+                    if note_decision(result, json.loads(message.value), now, paused):
                         result.t0 = now
                         cpu_d0, cpu_b0 = cpu_seconds(daemon.pid), cpu_seconds(broker_pid)
                         stall0 = cpu_stall()
                         if daemon.profile == "py-spy":
                             daemon.attach_spy()
-                    actor = decision.get("actor") or ""
-                    if decision["kind"] == "refused" and actor.startswith("bench-marker-"):
-                        k, p = actor.removeprefix("bench-marker-").split("-")
-                        result.markers[int(k), int(p)] = now
-                    if decision["kind"] == "phase" and decision.get("phase") == "paused":
-                        paused.add(decision["rollout"])
             if paused == expected:
                 result.t1 = now
                 result.cpu_daemon = cpu_seconds(daemon.pid) - cpu_d0
@@ -676,6 +700,45 @@ class LatencyResult:
     exit_code: int | None = None
 
 
+class FlagReader:
+    """Reads the flag messages in revision order, noting when a sent event shows on metrics."""
+
+    def __init__(
+        self, reader: AIOKafkaConsumer, metrics_tp: TopicPartition, result: LatencyResult,
+        daemon: Daemon,
+    ) -> None:  # fmt: skip
+        self.reader, self.metrics_tp, self.result, self.daemon = reader, metrics_tp, result, daemon
+        self.revision: int | None = None  # revisions start above the state file's epoch
+
+    async def next(
+        self, deadline: float, sent: bytes | None = None, sent_at: float = 0.0
+    ) -> dict[str, Any]:
+        """The next flag message; notes when the event `sent` shows on metrics."""
+        end = time.monotonic() + deadline
+        while True:
+            if time.monotonic() > end:
+                raise TimeoutError(f"no flag message within {deadline} s\n{self.daemon.tail()}")
+            fetched = await self.reader.getmany(timeout_ms=10)
+            now = time.perf_counter()
+            for tp, batch in fetched.items():
+                if tp == self.metrics_tp:
+                    if any(m.value == sent for m in batch):
+                        self.result.hop_ms.append((now - sent_at) * 1000)
+                    continue
+                flag: dict[str, Any] = json.loads(batch[0].value)
+                if len(batch) > 1:
+                    raise AssertionError(f"several flag messages at once: {batch}")
+                if self.revision is not None and flag["revision"] != self.revision + 1:
+                    raise AssertionError(f"revision {flag['revision']} after {self.revision}")
+                self.revision = flag["revision"]
+                flag["read_at"] = now
+                return flag
+
+
+def latency_event(**fields: Any) -> bytes:
+    return json.dumps({"ts": time.time(), "rollout": "lat", **fields}).encode()
+
+
 async def latency_rounds(bootstrap: str, daemon: Daemon, rounds: int, window: float,
                          seed: int) -> LatencyResult:  # fmt: skip
     rnd = random.Random(seed)
@@ -684,39 +747,12 @@ async def latency_rounds(bootstrap: str, daemon: Daemon, rounds: int, window: fl
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
     await producer.start()
     result = LatencyResult([], [], [], [])
-    revision = 0
+    flags = FlagReader(reader, metrics_tp, result, daemon)
+    next_flag, event = flags.next, latency_event
     try:
         reader.assign([flags_tp, metrics_tp])
         await reader.seek_to_beginning(flags_tp)
         await reader.seek_to_end(metrics_tp)
-
-        async def next_flag(
-            deadline: float, sent: bytes | None = None, sent_at: float = 0.0
-        ) -> dict[str, Any]:
-            """The next flag message; notes when the event `sent` shows on metrics."""
-            nonlocal revision
-            end = time.monotonic() + deadline
-            while True:
-                if time.monotonic() > end:
-                    raise TimeoutError(f"no flag message within {deadline} s\n{daemon.tail()}")
-                fetched = await reader.getmany(timeout_ms=10)
-                now = time.perf_counter()
-                for tp, batch in fetched.items():
-                    if tp == metrics_tp:
-                        if any(m.value == sent for m in batch):
-                            result.hop_ms.append((now - sent_at) * 1000)
-                        continue
-                    flag: dict[str, Any] = json.loads(batch[0].value)
-                    if len(batch) > 1:
-                        raise AssertionError(f"several flag messages at once: {batch}")
-                    if flag["revision"] != revision + 1:
-                        raise AssertionError(f"revision {flag['revision']} after {revision}")
-                    revision = flag["revision"]
-                    flag["read_at"] = now
-                    return flag
-
-        def event(**fields: Any) -> bytes:
-            return json.dumps({"ts": time.time(), "rollout": "lat", **fields}).encode()
 
         daemon.start()
         first = await next_flag(60)

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Create .venv (if needed) and install rolloutd with its test tools. Idempotent.
+# --python-only: .venv and the compiled engine, no Debian tools (what `make test-unit` needs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+python_only=""
+if [ "${1:-}" = --python-only ]; then python_only=1; fi
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
@@ -66,6 +69,10 @@ apt_install() {
 }
 
 # The MQTT tests start their own mosquitto on a free loopback port.
+if [ -n "$python_only" ]; then
+    .venv/bin/python scripts/compile_core.py
+    exit 0
+fi
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     apt_install mosquitto mosquitto
 fi

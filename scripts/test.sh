@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m ruff check daemon tests bench
+.venv/bin/python -m ruff format --check daemon tests bench
 .venv/bin/python -m mypy
 build=$(.venv/bin/python scripts/compile_core.py --check || true)
 if [ "$build" != current ]; then

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import os
 import runpy
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 from hypothesis import settings
 
 from brokers import Mosquitto, Tansu
+from integration import is_integration
 
 # Deadlines measure the machine, not the code: on a loaded 2-core box they only add flakes.
 settings.register_profile("rolloutd", deadline=None)
@@ -64,6 +67,36 @@ def pytest_configure(config: pytest.Config) -> None:
     # A compiled module older than its source would shadow the code under test.
     if _COMPILE["state"]() == "stale":
         pytest.exit("the compiled engine is stale: run scripts/setup.sh (or compile_core.py)", 2)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Brokers, system tools and child processes make a test `integration`; the rest is the
+    # unit run (`make test-unit`: seconds, no root, no network).
+    for item in items:
+        if not isinstance(item, pytest.Function) or item.get_closest_marker("integration"):
+            continue
+        test = item.cls.__name__ if item.cls is not None else item.originalname
+        if is_integration(item.path, test, item.fixturenames):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test classified as a unit test that starts a process fails, naming the fix."""
+    if request.node.get_closest_marker("integration"):
+        return
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(
+            "this test starts a process but is not marked integration: add "
+            "@pytest.mark.integration (or a name tests/integration.py can follow)"
+        )
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
+    monkeypatch.setattr(os, "fork", refuse)
+    monkeypatch.setattr(os, "posix_spawn", refuse)
 
 
 def pytest_report_header() -> str:

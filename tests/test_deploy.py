@@ -659,6 +659,26 @@ def tokens(expr: str) -> list[tuple[str, str]]:
     return out
 
 
+def _grouping(toks: list[tuple[str, str]], i: int, query: Query) -> int:
+    """The labels of `by (...)` / `without (...)` from toks[i] (the "("); the ")"'s index."""
+    while toks[i][1] != ")":
+        if toks[i][0] == "ident":
+            query.grouping.add(toks[i][1])
+        i += 1
+    return i
+
+
+def _matchers(toks: list[tuple[str, str]], i: int, matchers: dict[str, list[str]]) -> int:
+    """The label matchers of a selector from toks[i] (after the "{"); the "}"'s index."""
+    while toks[i][1] != "}":
+        if toks[i][0] == "ident":
+            value = toks[i + 2][1][1:-1]
+            matchers.setdefault(toks[i][1], []).append(value)
+            i += 2
+        i += 1
+    return i
+
+
 def analyse(expr: str) -> Query:
     toks = tokens(expr)
     query, i = Query(), 0
@@ -666,23 +686,13 @@ def analyse(expr: str) -> Query:
         kind, text = toks[i]
         after = toks[i + 1][1] if i + 1 < len(toks) else ""
         if kind == "ident" and text in GROUPING and after == "(":
-            i += 2
-            while toks[i][1] != ")":
-                if toks[i][0] == "ident":
-                    query.grouping.add(toks[i][1])
-                i += 1
+            i = _grouping(toks, i + 2, query)
         elif kind == "ident" and (after == "(" or after in {"by", "without"}):
             query.aggregates |= text in AGGREGATORS  # else a function
         elif kind == "ident" and text.lower() not in KEYWORDS:
             matchers = query.metrics.setdefault(text, {})
             if after == "{":
-                i += 2
-                while toks[i][1] != "}":
-                    if toks[i][0] == "ident":
-                        value = toks[i + 2][1][1:-1]
-                        matchers.setdefault(toks[i][1], []).append(value)
-                        i += 2
-                    i += 1
+                i = _matchers(toks, i + 2, matchers)
         elif text == "{":
             raise AssertionError(f"selector without a metric name in {expr!r}")
         elif text == "[":

@@ -481,17 +481,7 @@ class Pipeline:
             if isinstance(decision, BreakerDecision):
                 self._breaker_message(decision)
                 continue
-            recent = self.recent.get(decision.rollout)
-            if recent is None:
-                recent = self.recent[decision.rollout] = deque(maxlen=RECENT)
-            recent.append(decision)
-            if isinstance(decision, PercentDecision) and decision.reason.startswith("rollback: "):
-                self.stats.rollbacks[(decision.rollout, decision.reason[10:])] += 1
-            payload = encode(decision)
-            decision_log.info("decision", **msgspec.json.decode(payload))
-            if self.sinks.decisions_topic is not None:
-                topic = f"kafka:{self.sinks.decisions_topic}"
-                self._outbox.append((topic, decision.rollout.encode(), payload, False))
+            self._audit(decision)
             if decision.kind in ("percent", "phase"):
                 moved[decision.rollout] = decision.ts
             elif isinstance(decision, TriggerDecision):
@@ -502,6 +492,20 @@ class Pipeline:
             self._flag_message(name, ts)
         for alert in alerts:
             self._alert(alert, measured.get((alert.rollout, alert.trigger, alert.ts)))
+
+    def _audit(self, decision: Decision) -> None:
+        """A rollout's decision: kept among its recent ones, counted, logged, published."""
+        recent = self.recent.get(decision.rollout)
+        if recent is None:
+            recent = self.recent[decision.rollout] = deque(maxlen=RECENT)
+        recent.append(decision)
+        if isinstance(decision, PercentDecision) and decision.reason.startswith("rollback: "):
+            self.stats.rollbacks[(decision.rollout, decision.reason[10:])] += 1
+        payload = encode(decision)
+        decision_log.info("decision", **msgspec.json.decode(payload))
+        if self.sinks.decisions_topic is not None:
+            topic = f"kafka:{self.sinks.decisions_topic}"
+            self._outbox.append((topic, decision.rollout.encode(), payload, False))
 
     def _alert(self, alert: AlertDecision, measured: TriggerDecision | None) -> None:
         if not self.alerts:

@@ -407,9 +407,7 @@ class Service:
         budget = connections.plan(http.max_connections, http.fd_reserve)
         try:
             try:
-                server, _ = await connections.serve(
-                    runner, host, port, budget, http.header_timeout
-                )
+                server, _ = await connections.serve(runner, host, port, budget, http.header_timeout)
             except OSError as exc:
                 reason = exc.strerror or str(exc)
                 raise ListenError(f"http.listen {self.config.http.listen}: {reason}") from None

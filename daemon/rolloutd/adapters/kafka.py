@@ -199,27 +199,43 @@ class KafkaConsumerLoop:
                 await self._probe(consumer)
             if not fetched:
                 continue
-            batch: Fetched = []
-            positions: dict[tuple[str, int], int] = {}
-            origins: Origins = []
-            for tp, messages in fetched.items():
-                positions[(tp.topic, tp.partition)] = messages[-1].offset + 1
-                messages = self._after_start(tp, messages)
-                if messages:
-                    keys = [message.key for message in messages]
-                    batch.append((tp.topic, keys, [message.value for message in messages]))
-                    origins.append((tp.partition, [message.offset for message in messages]))
+            batch, positions, origins = self._unpack(fetched)
             await self.handle(batch, positions, origins)
             self.offsets.update(positions)
-            for tp in fetched:
-                end = consumer.highwater(tp)
-                if end is not None:
-                    self.lag[(tp.topic, tp.partition)] = max(
-                        0, end - positions[(tp.topic, tp.partition)]
-                    )
-            if self.source.group_id is not None:
-                commit = {TopicPartition(t, p): o for (t, p), o in positions.items()}
-                await _quietly(consumer.commit(commit))
+            await self._done(consumer, fetched, positions)
+
+    def _unpack(
+        self, fetched: dict[TopicPartition, list[Any]]
+    ) -> tuple[Fetched, dict[tuple[str, int], int], Origins]:
+        """One fetch as the pipeline takes it, with the position after each partition's part."""
+        batch: Fetched = []
+        positions: dict[tuple[str, int], int] = {}
+        origins: Origins = []
+        for tp, messages in fetched.items():
+            positions[(tp.topic, tp.partition)] = messages[-1].offset + 1
+            messages = self._after_start(tp, messages)
+            if messages:
+                keys = [message.key for message in messages]
+                batch.append((tp.topic, keys, [message.value for message in messages]))
+                origins.append((tp.partition, [message.offset for message in messages]))
+        return batch, positions, origins
+
+    async def _done(
+        self,
+        consumer: AIOKafkaConsumer,
+        fetched: dict[TopicPartition, list[Any]],
+        positions: dict[tuple[str, int], int],
+    ) -> None:
+        """A handled fetch: its lag, and its offsets committed to the group (if any)."""
+        for tp in fetched:
+            end = consumer.highwater(tp)
+            if end is not None:
+                self.lag[(tp.topic, tp.partition)] = max(
+                    0, end - positions[(tp.topic, tp.partition)]
+                )
+        if self.source.group_id is not None:
+            commit = {TopicPartition(t, p): o for (t, p), o in positions.items()}
+            await _quietly(consumer.commit(commit))
 
     async def _probe(self, consumer: AIOKafkaConsumer) -> None:
         """Ask the partitions' leaders for their ends (or any broker for metadata)."""
