@@ -54,8 +54,18 @@ from rolloutd.core.machines import (
 )
 
 __all__ = [  # noqa: RUF022 (the breaker's own names, then the states it re-exports)
-    "COMMANDS", "STATES", "BreakerRuntime", "BreakerSpec", "calls_of", "slow_call_ms",
-    "CLOSED", "DISABLED", "FORCED_OPEN", "HALF_OPEN", "METRICS_ONLY", "OPEN"
+    "COMMANDS",
+    "STATES",
+    "BreakerRuntime",
+    "BreakerSpec",
+    "calls_of",
+    "slow_call_ms",
+    "CLOSED",
+    "DISABLED",
+    "FORCED_OPEN",
+    "HALF_OPEN",
+    "METRICS_ONLY",
+    "OPEN",
 ]
 STATES = BREAKER_STATES
 # What each command leads to, read off the table (the same from every state).

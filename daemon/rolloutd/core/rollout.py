@@ -63,8 +63,15 @@ from rolloutd.core.triggers import FIRING, INACTIVE, TriggerRuntime
 
 # The table and its names live in machines; these are the rollout's own, re-exported.
 __all__ = [  # noqa: RUF022 (the runtime first, then the names it re-exports)
-    "RolloutRuntime", "refusal_reason", "ABORTED", "COMMANDS", "PHASES", "ROLLED_BACK",
-    "STEPPING", "TERMINAL", "TRANSITIONS"
+    "RolloutRuntime",
+    "refusal_reason",
+    "ABORTED",
+    "COMMANDS",
+    "PHASES",
+    "ROLLED_BACK",
+    "STEPPING",
+    "TERMINAL",
+    "TRANSITIONS",
 ]
 
 
