@@ -11,24 +11,15 @@ unchanged gauge rather than as silence. Malformed envelopes are counted and skip
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from rolloutd.adapters.debezium import ChangeEvent, decode_change
 from rolloutd.core.events import Counter as CounterEvent
 from rolloutd.core.events import Event, Gauge, Rejection
-from rolloutd.core.migration import MigrationChecker, MigrationSpec, Sample
+from rolloutd.core.migration import MigrationChecker, MigrationWiring, Sample
 
-
-@dataclass(frozen=True, slots=True)
-class MigrationWiring:
-    """Where a migration's changes come from and whose triggers read what it measures."""
-
-    spec: MigrationSpec
-    source_topic: str
-    target_topic: str
-    rollout: str
-    cohort: str = "canary"
+# MigrationWiring lives in the core (plain data the config builds); re-exported here.
+__all__ = ["CdcRouter", "MigrationWiring"]
 
 
 class CdcRouter:

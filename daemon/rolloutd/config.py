@@ -34,10 +34,9 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from rolloutd.cdc import MigrationWiring
 from rolloutd.core import spec
 from rolloutd.core.breaker import BreakerSpec
-from rolloutd.core.migration import MigrationSpec
+from rolloutd.core.migration import MigrationSpec, MigrationWiring
 from rolloutd.core.schedule import CronWindow, parse_cron
 from rolloutd.durations import Duration, PositiveDuration, format_duration
 

@@ -20,11 +20,11 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from rolloutd.adapters.status import StatusView
 from rolloutd.core.decisions import Decision, to_dict
 from rolloutd.core.events import CommandName
 from rolloutd.core.machines import BREAKER_COMMANDS, COMMANDS
 from rolloutd.core.rollout import RolloutRuntime
-from rolloutd.pipeline import Pipeline
 
 MUTATIONS = COMMANDS
 assert set(MUTATIONS) <= set(get_args(CommandName))
@@ -37,7 +37,7 @@ BreakerRunner = Callable[[str, str], Awaitable[list[Decision]]]
 
 @dataclass(slots=True)
 class AdminContext:
-    pipeline: Callable[[], Pipeline]
+    pipeline: Callable[[], StatusView]  # the pipeline, read through its status view
     registry: CollectorRegistry
     token: str | None
     run_command: CommandRunner

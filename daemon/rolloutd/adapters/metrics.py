@@ -17,9 +17,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from rolloutd.adapters.known_series import KnownSeries
+from rolloutd.adapters.status import StatusView
 from rolloutd.core.rollout import PHASES
 from rolloutd.core.triggers import FIRING, PENDING
-from rolloutd.pipeline import Pipeline
 
 TRIGGER_STATE_VALUES = {PENDING: 1.0, FIRING: 2.0}  # anything else is 0 (inactive)
 _K = TypeVar("_K", str, tuple[str, str])  # a counter's label values
@@ -48,7 +48,7 @@ def _from_zero(counts: Mapping[_K, float], known: tuple[_K, ...]) -> list[tuple[
 
 
 class RolloutdCollector(Collector):
-    def __init__(self, pipeline: Callable[[], Pipeline], state: DaemonState) -> None:
+    def __init__(self, pipeline: Callable[[], StatusView], state: DaemonState) -> None:
         self.pipeline = pipeline  # a callable: a reload may swap the pipeline's engine
         self.state = state
 
@@ -225,7 +225,7 @@ class RolloutdCollector(Collector):
 
 
 def build_registry(
-    pipeline: Callable[[], Pipeline], state: DaemonState
+    pipeline: Callable[[], StatusView], state: DaemonState
 ) -> tuple[CollectorRegistry, Histogram, Histogram]:
     """A registry with the collector, and the decision-latency and flag-confirmation
     histograms."""

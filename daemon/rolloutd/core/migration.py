@@ -80,6 +80,21 @@ class MigrationSpec:
             raise ValueError("max_pending must be >= 1 and sample_size >= 0")
 
 
+@dataclass(frozen=True, slots=True)
+class MigrationWiring:
+    """Where a migration's changes come from and whose triggers read what it measures.
+
+    Plain data beside the spec, so the config can build it without importing the CDC
+    decoder; `rolloutd.cdc` routes decoded changes by it.
+    """
+
+    spec: MigrationSpec
+    source_topic: str
+    target_topic: str
+    rollout: str
+    cohort: str = "canary"
+
+
 class Sample(NamedTuple):
     kind: Literal["counter", "gauge"]
     name: str
