@@ -21,7 +21,7 @@ lint:
 	bash scripts/setup.sh --python-only && .venv/bin/python -m ruff check daemon tests bench && .venv/bin/python -m ruff format --check daemon tests bench
 
 typecheck:
-	bash scripts/setup.sh --python-only && .venv/bin/python -m mypy
+	bash scripts/setup.sh --python-only && .venv/bin/python -m mypy && .venv/bin/lint-imports --no-cache
 
 bench:
 	bash scripts/setup.sh && .venv/bin/python bench/bench_engine.py --quick && .venv/bin/python bench/bench_memory.py --quick

@@ -9,6 +9,8 @@ bash scripts/setup.sh
 .venv/bin/python -m ruff check daemon tests bench
 .venv/bin/python -m ruff format --check daemon tests bench
 .venv/bin/python -m mypy
+# The arrows between the package's layers ([tool.importlinter] in pyproject.toml).
+.venv/bin/lint-imports --no-cache
 build=$(.venv/bin/python scripts/compile_core.py --check || true)
 if [ "$build" != current ]; then
     if [ "${CI:-}" = true ]; then
