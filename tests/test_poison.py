@@ -16,11 +16,13 @@ from prometheus_client import CollectorRegistry
 
 from helpers import T0, error_trigger, rollout
 from rolloutd.adapters.debezium import ChangeEvent
+from rolloutd.adapters.known_series import KnownSeries
 from rolloutd.adapters.metrics import DaemonState, build_registry
 from rolloutd.adapters.store import Store
 from rolloutd.cdc import CdcRouter, MigrationWiring
 from rolloutd.config import ConfigError, Sources, parse_config
 from rolloutd.core.breaker import BreakerRuntime, BreakerSpec
+from rolloutd.core.engine import DROP_REASONS
 from rolloutd.core.events import Event, Requests
 from rolloutd.core.migration import MigrationChecker, MigrationSpec
 from rolloutd.core.spec import EngineSpec, StepSpec
@@ -68,8 +70,12 @@ def exploding_breaker(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _pipeline(store: Store, **options: Any) -> tuple[Pipeline, CollectorRegistry]:
     pipeline = Pipeline(SPEC, store, Sinks(flags_topic="rollout.flags"), **options)
-    pipeline.expect_sources(["kafka", "mqtt"])
-    registry, _, _ = build_registry(lambda: pipeline, DaemonState())
+    sources = ("kafka", "mqtt")
+    known = KnownSeries(
+        failed=sources,
+        dropped=tuple((source, reason) for source in sources for reason in DROP_REASONS),
+    )
+    registry, _, _ = build_registry(lambda: pipeline, DaemonState(known=known))
     pipeline.start(T0)
     return pipeline, registry
 

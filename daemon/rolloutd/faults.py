@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rolloutd.core.decisions import Decision
-from rolloutd.core.engine import FUTURE, Engine, EngineStats
+from rolloutd.core.engine import DROP_REASONS, FUTURE, Engine, EngineStats
 from rolloutd.core.events import Event
 from rolloutd.core.intake import Guard
 
 log = logging.getLogger("rolloutd.pipeline")
 
-DROP_REASONS: tuple[str, ...] = ("too_old", "unrouted", "ignored")
 _TEXT_LIMIT = 200  # characters of an exception's text that reach the log
 _LOGGED = 10  # failures logged one by one per source; after that, one in 1000
 

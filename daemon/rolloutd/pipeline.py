@@ -49,7 +49,6 @@ from rolloutd.core.events import Command, CommandName, Event, Rejection, decode_
 from rolloutd.core.flagwatch import CONFIRMED, FlagWatch, Observation
 from rolloutd.core.spec import EngineSpec
 from rolloutd.faults import (
-    DROP_REASONS,
     Origin,
     count_drops,
     drops,
@@ -330,13 +329,6 @@ class Pipeline:
         now = self._monotonic(now)
         self._ingest_events(source, payloads, now, Origin(topic))
         return self._commit(offsets or {})
-
-    def expect_sources(self, sources: Iterable[str]) -> None:
-        """Show the failure and drop counts of these sources from the start, at 0."""
-        for source in sources:
-            self.stats.failed[source] += 0
-            for reason in DROP_REASONS:
-                self.stats.dropped[(source, reason)] += 0
 
     def _ingest_events(
         self, source: str, payloads: Sequence[bytes | None], now: float, origin: Origin

@@ -104,12 +104,6 @@ def sinks_of(config: Config) -> Sinks:
     )
 
 
-def _sources_of(config: Config) -> list[str]:
-    """The sources whose events the pipeline counts, as they label its metrics."""
-    sources = [name for name in ("kafka", "mqtt") if getattr(config.sources, name) is not None]
-    return [*sources, "cdc"] if config.migrations else sources
-
-
 def _sibling(prefix: str, name: str) -> str:
     """rollouts/flags -> rollouts/breakers."""
     parent, _, _ = prefix.rstrip("/").rpartition("/")
@@ -160,7 +154,6 @@ class Service:
             max_future_skew=config.sources.max_future_skew,
         )
         self.pipeline.confirm_delay = confirm_delay.observe
-        self.pipeline.expect_sources(_sources_of(config))
         if cdc is not None:
             self.state.migrations = cdc.metrics
         self.alerts = AlertDispatcher(config.alerts, self.pipeline.confirm)

@@ -19,6 +19,7 @@ from rolloutd.adapters.debezium import CDC_REJECTION_REASONS
 from rolloutd.adapters.notify.http import Status
 from rolloutd.config import Config
 from rolloutd.core.decisions import AnyDecision, BreakerDecision
+from rolloutd.core.engine import DROP_REASONS
 from rolloutd.core.events import REJECTION_REASONS
 
 # The reasons the pipeline gives outside the decoder (no payload, a payload over the limit,
@@ -49,6 +50,8 @@ class KnownSeries:
     flag_drift: tuple[str, ...] = ()  # rollout
     alerts_sent: tuple[tuple[str, str], ...] = ()  # (notifier, status)
     validation: tuple[tuple[str, str], ...] = ()  # (migration, kind)
+    failed: tuple[str, ...] = ()  # source
+    dropped: tuple[tuple[str, str], ...] = ()  # (source, reason)
 
 
 def known_series(config: Config) -> KnownSeries:
@@ -74,4 +77,6 @@ def known_series(config: Config) -> KnownSeries:
         flag_drift=drift,
         alerts_sent=tuple((a.name, status) for a in config.alerts for status in ALERT_STATUSES),
         validation=tuple((m.name, kind) for m in config.migrations for kind in VALIDATION_KINDS),
+        failed=tuple(sources),
+        dropped=tuple((source, reason) for source in sources for reason in DROP_REASONS),
     )

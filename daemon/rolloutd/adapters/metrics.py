@@ -136,13 +136,13 @@ class RolloutdCollector(Collector):
 
     def _event_fates(self) -> Iterator[Metric]:
         """Events that were valid but failed, or that the engine took and could not use."""
-        stats = self.pipeline().stats
+        stats, known = self.pipeline().stats, self.state.known
         failed = CounterMetricFamily(
             "rolloutd_events_failed",
             "Events whose handling raised; each was logged and skipped",
             labels=["source"],
         )
-        for source, n in sorted(stats.failed.items()):
+        for source, n in _from_zero(stats.failed, known.failed):
             failed.add_metric([source], n)
         dropped = CounterMetricFamily(
             "rolloutd_events_dropped",
@@ -150,7 +150,7 @@ class RolloutdCollector(Collector):
             "configured rollout), ignored (a cohort or metric no trigger reads)",
             labels=["source", "reason"],
         )
-        for (source, reason), n in sorted(stats.dropped.items()):
+        for (source, reason), n in _from_zero(stats.dropped, known.dropped):
             dropped.add_metric([source, reason], n)
         yield from (failed, dropped)
 

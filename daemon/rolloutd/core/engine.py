@@ -72,6 +72,8 @@ SNAPSHOT_VERSION: Final = 1
 # (`decisions is FUTURE`); empty, and never to be added to.
 FUTURE: Final[list[Decision]] = []
 _STAT_FIELDS: Final = ("events", "late", "too_old", "unrouted", "ignored")
+# The stats of events taken but of no use, as the daemon labels them (`reason`).
+DROP_REASONS: Final = ("too_old", "unrouted", "ignored")
 
 
 @dataclass(slots=True)
