@@ -130,8 +130,11 @@ class Service:
         self.health = Health()
         self.store = Store.open(config.state.path, fresh=fresh)
         self.fresh = fresh
-        self.state = DaemonState(ready=lambda: self.health.ready, known=known_series(config))
-        self.state.sources = lambda: self.health.sources
+        self.state = DaemonState(
+            ready=lambda: self.health.ready,
+            known=known_series(config),
+            sources=lambda: self.health.sources,
+        )
         self.registry, latency, confirm_delay = build_registry(lambda: self.pipeline, self.state)
         cdc = CdcRouter(tuple(m.wiring() for m in config.migrations)) if config.migrations else None
         flags = None
