@@ -33,9 +33,9 @@ from typing import Any
 
 import msgspec
 
-from rolloutd.adapters.debezium import ChangeEvent, decode_change
+from rolloutd.adapters.cdc.debezium import ChangeEvent, decode_change
+from rolloutd.core.cdc.migration import MigrationChecker, MigrationSpec
 from rolloutd.core.events import Rejection
-from rolloutd.core.migration import MigrationChecker, MigrationSpec
 
 SOURCE_TOPIC = "app.public.users"
 TARGET_TOPIC = "app.public.users_v2"

@@ -213,11 +213,11 @@ class Daemon:
         run += ["--log-level", self.log_level]
         if self.profile == "cprofile":
             return [sys.executable, "-m", "cProfile", "-o", str(self.profile_out),
-                    "-m", "rolloutd.cli", *run]  # fmt: skip
+                    "-m", "rolloutd", *run]  # fmt: skip
         if self.profile == "pyinstrument":
             return [sys.executable, "-m", "pyinstrument", "-r", "text", "-o",
-                    str(self.profile_out), "-m", "rolloutd.cli", *run]  # fmt: skip
-        return [sys.executable, "-m", "rolloutd.cli", *run]
+                    str(self.profile_out), "-m", "rolloutd", *run]  # fmt: skip
+        return [sys.executable, "-m", "rolloutd", *run]
 
     def start(self) -> None:
         with self.log.open("ab") as log:

@@ -39,7 +39,7 @@ from gen_events import (
     has_gauge,
     tracks_latency,
 )
-from rolloutd import heap
+from rolloutd.app import gc_tuning
 from rolloutd.core.decisions import Decision
 from rolloutd.core.engine import Engine
 from rolloutd.core.events import Event, Rejection, decode_one
@@ -106,7 +106,7 @@ def run(spec: EngineSpec, lines: Sequence[bytes], events: Sequence[Event] | None
     made: list[Decision] = []
     floor_s = engine_s = 0.0
     gc.collect()
-    heap.tune()  # as `rolloutd replay` and the daemon do
+    gc_tuning.tune()  # as `rolloutd replay` and the daemon do
     for start in range(0, len(lines), CHUNK):
         part = list(lines[start : start + CHUNK])
         floor_s += len(part) / decode_only_rate(part)

@@ -24,8 +24,8 @@ _COMPILE = runpy.run_path(str(Path(__file__).parent.parent / "scripts" / "compil
 
 # A test module "drives the engine" when it imports a compiled module, or one of these,
 # which run the engine: `--engine-only` keeps just those (the interpreted run in test.sh).
-ENGINE_DRIVERS = {"helpers", "rolloutd.engine_build", "rolloutd.pipeline", "rolloutd.replay",
-                  "rolloutd.simulate"}  # fmt: skip
+ENGINE_DRIVERS = {"helpers", "rolloutd.engine_build", "rolloutd.app.pipeline",
+                  "rolloutd.tools.replay", "rolloutd.tools.simulate"}  # fmt: skip
 
 
 # Test files that drive the engine only through the `rolloutd` command (no import shows it).

@@ -218,7 +218,7 @@ def start_with_open_files(config: Path, log: Path, limit: int) -> subprocess.Pop
     """`rolloutd run` as a child whose RLIMIT_NOFILE (soft and hard) is `limit`."""
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "rolloutd.cli", "run", "--config", str(config)],
+            [sys.executable, "-m", "rolloutd", "run", "--config", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from helpers import T0, event, kinds, rollout
 from rolloutd.adapters.store import Store
+from rolloutd.app.pipeline import Pipeline, Sinks
 from rolloutd.core.breaker import BreakerSpec
 from rolloutd.core.decisions import to_dict
 from rolloutd.core.engine import Engine
 from rolloutd.core.spec import EngineSpec, StepSpec, TriggerSpec
-from rolloutd.pipeline import Pipeline, Sinks
 
 USERS = BreakerSpec(
     name="users", service="user-service", minimum_calls=10, window_size=20, wait_in_open=30.0

@@ -165,7 +165,7 @@ def _api_and_cli(port: int) -> tuple[dict[str, Any], str]:
             break
         time.sleep(0.1)
     status = subprocess.run(
-        [sys.executable, "-m", "rolloutd.cli", "status", "--url", f"http://127.0.0.1:{port}"],
+        [sys.executable, "-m", "rolloutd", "status", "--url", f"http://127.0.0.1:{port}"],
         capture_output=True,
         text=True,
         timeout=30,

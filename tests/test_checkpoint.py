@@ -8,8 +8,8 @@ from pathlib import Path
 
 from helpers import T0, error_trigger, rollout
 from rolloutd.adapters.store import Store
+from rolloutd.app.pipeline import Pipeline, Sinks
 from rolloutd.core.spec import EngineSpec, StepSpec
-from rolloutd.pipeline import Pipeline, Sinks
 
 SPEC = EngineSpec(
     rollouts=(rollout(error_trigger(for_=0.0, min_samples=10), steps=(StepSpec(10, 3600),)),)

@@ -24,7 +24,7 @@ def rolloutd(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     """The command with `env` added; the caller's own token and URL are never passed on."""
     clean = {k: v for k, v in os.environ.items() if k not in ("ROLLOUTD_TOKEN", "ROLLOUTD_URL")}
     return subprocess.run(
-        [sys.executable, "-m", "rolloutd.cli", *args],
+        [sys.executable, "-m", "rolloutd", *args],
         capture_output=True,
         text=True,
         check=False,
@@ -68,7 +68,7 @@ def test_check_config_reports_a_missing_secret_by_name_only() -> None:
         [
             sys.executable,
             "-m",
-            "rolloutd.cli",
+            "rolloutd",
             "check-config",
             str(ROOT / "config" / "rolloutd.yaml"),
         ],

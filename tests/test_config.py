@@ -24,10 +24,10 @@ from rolloutd.config import (
     load_config,
     parse_config,
 )
+from rolloutd.config.durations import DURATION_PATTERN, format_duration, parse_duration
 from rolloutd.core import spec
 from rolloutd.core.schedule import parse_cron
 from rolloutd.core.spec import Baseline, EngineSpec, RolloutSpec, StepSpec, TriggerSpec
-from rolloutd.durations import DURATION_PATTERN, format_duration, parse_duration
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "rolloutd.yaml"
 EXAMPLE_ENV = {

@@ -24,7 +24,7 @@ ROOT = Path(__file__).parent.parent
 SHIPPED = sorted(
     [
         *ROOT.glob("config/*.yaml"),
-        *ROOT.glob("daemon/rolloutd/scenarios/*.yaml"),
+        *ROOT.glob("daemon/rolloutd/tools/scenarios/*.yaml"),
         ROOT / "deploy" / "rolloutd.yaml",
     ]
 )
@@ -33,7 +33,7 @@ SHIPPED = sorted(
 @pytest.fixture(scope="module")
 def schema() -> dict[str, Any]:
     result = subprocess.run(
-        [sys.executable, "-m", "rolloutd.cli", "config-schema"],
+        [sys.executable, "-m", "rolloutd", "config-schema"],
         capture_output=True,
         text=True,
         check=True,
@@ -62,7 +62,7 @@ def problems(validator: jsonschema.Draft202012Validator, data: object) -> list[s
 def test_the_shipped_configs_are_all_there() -> None:
     names = {path.relative_to(ROOT).as_posix() for path in SHIPPED}
     assert {"config/rolloutd.yaml", "config/demo.yaml", "deploy/rolloutd.yaml"} <= names
-    assert any(name.startswith("daemon/rolloutd/scenarios/") for name in names)
+    assert any(name.startswith("daemon/rolloutd/tools/scenarios/") for name in names)
     assert all(path.is_file() for path in SHIPPED)
 
 

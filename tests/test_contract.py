@@ -26,7 +26,7 @@ def replay(tmp_path: Path, config: str, events: list[dict[str, Any]]) -> list[di
     events_path = tmp_path / "events.jsonl"
     events_path.write_text("".join(json.dumps({**e, "ts": T0 + e["ts"]}) + "\n" for e in events))
     result = subprocess.run(
-        [sys.executable, "-m", "rolloutd.cli", "replay", "--config", str(config_path), events_path],
+        [sys.executable, "-m", "rolloutd", "replay", "--config", str(config_path), events_path],
         capture_output=True,
         check=False,
         timeout=60,

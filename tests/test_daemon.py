@@ -97,7 +97,7 @@ class Daemon:
                 [
                     sys.executable,
                     "-m",
-                    "rolloutd.cli",
+                    "rolloutd",
                     "run",
                     "--config",
                     str(self.config),

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rolloutd.adapters.debezium import (
+from rolloutd.adapters.cdc.debezium import (
     CDC_REJECTION_REASONS,
     OPS,
     ChangeEvent,

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from rolloutd.adapters.debezium import ChangeEvent, Tombstone, decode_change
-from rolloutd.cdc import CdcRouter, MigrationWiring
+from rolloutd.adapters.cdc.debezium import ChangeEvent, Tombstone, decode_change
+from rolloutd.app.cdc import CdcRouter, MigrationWiring
+from rolloutd.core.cdc.migration import MigrationSpec
 from rolloutd.core.events import Counter, Gauge, Rejection
-from rolloutd.core.migration import MigrationSpec
 
 DATA = Path(__file__).parent / "data" / "debezium-mysql"
 TOPIC = "dbserver1.inventory.customers"

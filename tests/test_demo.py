@@ -17,7 +17,7 @@ def test_live_demo_walks_the_canary_and_rolls_it_back() -> None:
         [
             sys.executable,
             "-m",
-            "rolloutd.cli",
+            "rolloutd",
             "demo",
             "--config",
             str(ROOT / "config" / "demo.yaml"),

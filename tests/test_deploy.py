@@ -376,9 +376,9 @@ def test_builder_stage_context_builds_the_wheel(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as built:
         names = built.namelist()
         points = next(n for n in names if n.endswith("entry_points.txt"))
-        assert "rolloutd = rolloutd.cli:main" in built.read(points).decode()
-    assert "rolloutd/cli.py" in names
-    assert "rolloutd/scenarios/checkout-incident.jsonl" in names
+        assert "rolloutd = rolloutd.tools.cli:main" in built.read(points).decode()
+    assert "rolloutd/tools/cli.py" in names
+    assert "rolloutd/tools/scenarios/checkout-incident.jsonl" in names
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
@@ -534,7 +534,7 @@ def compose_rolloutd_config() -> dict[str, Any]:
 def test_compose_rolloutd_config_passes_check_config_with_the_compose_environment() -> None:
     config = bind_mounts("rolloutd")["/etc/rolloutd/rolloutd.yaml"]
     env = {"PATH": os.environ["PATH"], **compose_environment("rolloutd")}
-    done = run(sys.executable, "-m", "rolloutd.cli", "check-config", config, env=env)
+    done = run(sys.executable, "-m", "rolloutd", "check-config", config, env=env)
     assert done.returncode == 0, done.stderr
     state = compose_rolloutd_config()["state"]["path"]
     volume = next(v for v in service("rolloutd")["volumes"] if v.startswith("rolloutd-state:"))

@@ -88,7 +88,7 @@ def startup_line(tmp_path: Path, pure: bool) -> dict[str, object]:
     env = {k: v for k, v in os.environ.items() if k != "ROLLOUTD_PURE"}
     if pure:
         env["ROLLOUTD_PURE"] = "1"
-    cmd = [sys.executable, "-m", "rolloutd.cli", "run", "--config", str(config)]
+    cmd = [sys.executable, "-m", "rolloutd", "run", "--config", str(config)]
     with subprocess.Popen(
         [*cmd, "--log-format", "json"], env=env, stderr=subprocess.PIPE, text=True
     ) as proc:

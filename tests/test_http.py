@@ -71,7 +71,7 @@ def start_daemon(tmp: Path, token: str | None) -> tuple[subprocess.Popen[bytes],
     log = tmp / "daemon.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rolloutd.cli", "run", "--config", str(config)],
+            [sys.executable, "-m", "rolloutd", "run", "--config", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -102,7 +102,7 @@ def cli(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str
     if token is not None:
         env["ROLLOUTD_TOKEN"] = token
     return subprocess.run(
-        [sys.executable, "-m", "rolloutd.cli", *args],
+        [sys.executable, "-m", "rolloutd", *args],
         capture_output=True,
         text=True,
         env=env,

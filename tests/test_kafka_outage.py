@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from brokers import Tansu, free_port
-from rolloutd.logthrottle import RepeatThrottle
+from rolloutd.app.logthrottle import RepeatThrottle
 from test_daemon import GUARDED, TOPICS, Kafka, config_text, daemon_factory, requests
 from test_kafka_start import get, until_events, until_ready
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import structlog
 
-from rolloutd import logs
+from rolloutd.app import logs
 from rolloutd.config import parse_config
 
 SECRET = "tok-5f2c9a71d3"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rolloutd.adapters.debezium import CDC_REJECTION_REASONS
+from rolloutd.adapters.cdc.debezium import CDC_REJECTION_REASONS
+from rolloutd.app.service import Service
 from rolloutd.config import load_config
 from rolloutd.core.events import REJECTION_REASONS
-from rolloutd.service import Service
 
 ROLLOUT = """
   - name: {name}

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rolloutd.adapters.debezium import ChangeEvent, Source, decode_change
-from rolloutd.core.cdc_rows import readers
-from rolloutd.core.cdc_state import UNAVAILABLE
-from rolloutd.core.migration import MigrationChecker, MigrationSpec, Sample
+from rolloutd.adapters.cdc.debezium import ChangeEvent, Source, decode_change
+from rolloutd.core.cdc.migration import MigrationChecker, MigrationSpec, Sample
+from rolloutd.core.cdc.rows import readers
+from rolloutd.core.cdc.state import UNAVAILABLE
 
 GRACE = 30.0
 SPEC = MigrationSpec(

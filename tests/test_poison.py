@@ -15,19 +15,19 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from helpers import T0, error_trigger, rollout
-from rolloutd.adapters.debezium import ChangeEvent
+from rolloutd.adapters.cdc.debezium import ChangeEvent
 from rolloutd.adapters.known_series import KnownSeries
 from rolloutd.adapters.metrics import DaemonState, build_registry
 from rolloutd.adapters.store import Store
-from rolloutd.cdc import CdcRouter, MigrationWiring
+from rolloutd.app.cdc import CdcRouter, MigrationWiring
+from rolloutd.app.faults import describe_error
+from rolloutd.app.pipeline import Pipeline, Sinks
 from rolloutd.config import ConfigError, Sources, parse_config
 from rolloutd.core.breaker import BreakerRuntime, BreakerSpec
+from rolloutd.core.cdc.migration import MigrationChecker, MigrationSpec
 from rolloutd.core.engine import DROP_REASONS
 from rolloutd.core.events import Event, Requests
-from rolloutd.core.migration import MigrationChecker, MigrationSpec
 from rolloutd.core.spec import EngineSpec, StepSpec
-from rolloutd.faults import describe_error
-from rolloutd.pipeline import Pipeline, Sinks
 
 ROOT = Path(__file__).parent.parent
 TOPIC = "rollout.metrics"
@@ -148,7 +148,7 @@ def test_the_huge_count_is_rejected_as_out_of_range(tmp_path: Path) -> None:
 
 
 def test_replay_rejects_the_huge_count_on_stderr_and_goes_on() -> None:
-    config = ROOT / "daemon" / "rolloutd" / "scenarios" / "checkout-incident.yaml"
+    config = ROOT / "daemon" / "rolloutd" / "tools" / "scenarios" / "checkout-incident.yaml"
     lines = [
         b'{"ts": 1763719200, "type": "requests", "rollout": "checkout-v2", "count": 5,'
         b' "errors": 0}',
@@ -158,7 +158,7 @@ def test_replay_rejects_the_huge_count_on_stderr_and_goes_on() -> None:
         b' "errors": 0}',
     ]
     result = subprocess.run(
-        [sys.executable, "-m", "rolloutd.cli", "replay", "--config", str(config), "-"],
+        [sys.executable, "-m", "rolloutd", "replay", "--config", str(config), "-"],
         input=b"\n".join(lines) + b"\n",
         capture_output=True,
         check=False,

@@ -66,7 +66,7 @@ def running(tmp_path: Path) -> Iterator[dict[str, Any]]:
     log = tmp_path / "daemon.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rolloutd.cli", "run", "--config", str(path)],
+            [sys.executable, "-m", "rolloutd", "run", "--config", str(path)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 
 from rolloutd.config import load_config
-from rolloutd.simulate import incident_events
+from rolloutd.tools.simulate import incident_events
 
 ROOT = Path(__file__).parent.parent
-SCENARIOS = ROOT / "daemon" / "rolloutd" / "scenarios"
+SCENARIOS = ROOT / "daemon" / "rolloutd" / "tools" / "scenarios"
 DEMO_CONFIG = SCENARIOS / "checkout-incident.yaml"
 DEMO_EVENTS = SCENARIOS / "checkout-incident.jsonl"
 
 
 def rolloutd(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "rolloutd.cli", *args],
+        [sys.executable, "-m", "rolloutd", *args],
         input=stdin,
         capture_output=True,
         check=False,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rolloutd.app.service import PUBLISH_ALERT_AFTER, STALL_AFTER, Service
 from rolloutd.config import parse_config
-from rolloutd.service import PUBLISH_ALERT_AFTER, STALL_AFTER, Service
 
 CONFIG = """
 triggers:

@@ -15,7 +15,7 @@ from typing import Literal, get_args, get_origin
 
 import msgspec
 
-from rolloutd.adapters.debezium import CDC_REJECTION_REASONS
+from rolloutd.adapters.cdc.debezium import CDC_REJECTION_REASONS
 from rolloutd.adapters.notify.http import Status
 from rolloutd.config import Config
 from rolloutd.core.decisions import AnyDecision, BreakerDecision

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from rolloutd.core.breaker import BreakerRuntime
+from rolloutd.core.cdc.migration import MigrationChecker, MigrationWiring
 from rolloutd.core.decisions import Decision
-from rolloutd.core.migration import MigrationChecker, MigrationWiring
 from rolloutd.core.rollout import RolloutRuntime
 
 

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 
 from rolloutd.adapters.notify.base import number
 from rolloutd.adapters.notify.record import AlertRecord
+from rolloutd.config.durations import format_duration
 from rolloutd.core.decisions import AlertDecision, TriggerDecision
 from rolloutd.core.spec import TriggerSpec
-from rolloutd.durations import format_duration
 
 DAEMON = "rolloutd"
 

@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "status" or args.command in ADMIN:
-        from rolloutd.client import run as run_client
+        from rolloutd.tools.client import run as run_client
 
         return run_client(args)
     if args.command == "replay":
@@ -129,7 +129,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         if args.replay:
             return _demo(args.out)
-        from rolloutd.demo import run_live_demo
+        from rolloutd.tools.demo import run_live_demo
 
         return run_live_demo(args.config, args.keep_running)
     raise AssertionError(args.command)
@@ -138,10 +138,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _run(config_path: Path, fresh: bool, grace: float, level: str, fmt: str) -> int:
     import asyncio
 
-    from rolloutd import logs
     from rolloutd.adapters.store import StoreError
+    from rolloutd.app import logs
+    from rolloutd.app.service import Service
     from rolloutd.config import ConfigError, load_config
-    from rolloutd.service import Service
 
     if level.upper() not in LOG_LEVELS:
         choices = ", ".join(LOG_LEVELS)
@@ -184,7 +184,7 @@ def _check_config(path: Path) -> int:
 
 def _replay(config_path: Path, events: Path, out_path: Path | None, quiet: bool) -> int:
     from rolloutd.config import ConfigError, load_config
-    from rolloutd.replay import replay
+    from rolloutd.tools.replay import replay
 
     try:
         spec = load_config(config_path).to_spec()
@@ -222,7 +222,7 @@ def _lines(stream: IO[bytes]) -> Iterator[bytes]:
 
 
 def _demo(out_path: Path | None) -> int:
-    scenarios = resources.files("rolloutd") / "scenarios"
+    scenarios = resources.files("rolloutd.tools") / "scenarios"
     config = scenarios / f"{DEMO_SCENARIO}.yaml"
     events = scenarios / f"{DEMO_SCENARIO}.jsonl"
     with resources.as_file(config) as config_path, resources.as_file(events) as events_path:

@@ -132,7 +132,7 @@ def incident_events(spec: EngineSpec) -> Iterator[dict[str, Any]]:
 
 
 def main() -> None:
-    """Regenerate the bundled scenario: `python -m rolloutd.simulate CONFIG OUT`."""
+    """Regenerate the bundled scenario: `python -m rolloutd.tools.simulate CONFIG OUT`."""
     from rolloutd.config import load_config
 
     config_path, out_path = sys.argv[1], sys.argv[2]

@@ -28,7 +28,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from rolloutd import __version__, heap, logs, logthrottle
+from rolloutd import __version__
 from rolloutd.adapters import connections
 from rolloutd.adapters.http import AdminContext, build_app
 from rolloutd.adapters.kafka import (
@@ -44,16 +44,17 @@ from rolloutd.adapters.mqtt import MqttLink
 from rolloutd.adapters.notify import AlertDispatcher, daemon_alert
 from rolloutd.adapters.store import Store, StoreError
 from rolloutd.adapters.systemd import SystemdNotifier
-from rolloutd.cdc import CdcRouter
+from rolloutd.app import gc_tuning, logs, logthrottle
+from rolloutd.app.cdc import CdcRouter
+from rolloutd.app.pipeline import FlagTableWatch, Pipeline, Sinks
+from rolloutd.app.publisher import Fanout, Publisher
+from rolloutd.app.state_notice import fresh_state_notice
 from rolloutd.config import Config, ConfigError, load_config
 from rolloutd.core.decisions import Decision
 from rolloutd.core.events import CommandName
 from rolloutd.core.flagwatch import FlagWatch
 from rolloutd.core.triggers import INSUFFICIENT
 from rolloutd.engine_build import engine_kind
-from rolloutd.pipeline import FlagTableWatch, Pipeline, Sinks
-from rolloutd.publisher import Fanout, Publisher
-from rolloutd.state_notice import fresh_state_notice
 
 log = logging.getLogger("rolloutd.service")
 
@@ -445,7 +446,7 @@ class Service:
             engine,
             extra={"version": __version__, "engine": engine},
         )
-        heap.tune()
+        gc_tuning.tune()
         self.outbox.add(self.pipeline.unpublished)  # what a previous run did not send
         self.outbox.add(self.pipeline.start(self.clock()))
         notice = fresh_state_notice(self.store, self.pipeline.restored, self.fresh, self.clock())

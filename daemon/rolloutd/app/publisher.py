@@ -17,7 +17,7 @@ from rolloutd.adapters.kafka import KafkaPublisher
 from rolloutd.adapters.mqtt import MqttLink, MqttUnavailable
 from rolloutd.adapters.notify import AlertDispatcher
 from rolloutd.adapters.store import OutboxItem
-from rolloutd.pipeline import Pipeline
+from rolloutd.app.pipeline import Pipeline
 
 log = logging.getLogger("rolloutd.publisher")
 

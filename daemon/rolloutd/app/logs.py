@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, SecretStr
 
-from rolloutd.logthrottle import CLIENT_LOGS
+from rolloutd.app.logthrottle import CLIENT_LOGS
 
 REDACTED = "***"
 _secrets: list[str] = []

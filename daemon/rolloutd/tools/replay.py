@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO
 
-from rolloutd import heap
+from rolloutd.app import gc_tuning
 from rolloutd.core.decisions import Decision, RefusedDecision, encode
 from rolloutd.core.engine import Engine, EngineStats
 from rolloutd.core.events import Rejection, decode_one
@@ -53,7 +53,7 @@ def replay(
 ) -> ReplaySummary:
     """Replay `lines` through a fresh engine, writing decisions to `out`, problems to `err`."""
     engine = Engine(spec)
-    heap.tune()
+    gc_tuning.tune()
     summary = ReplaySummary(engine=engine.stats)
     for number, line in enumerate(lines, start=1):
         summary.lines = number

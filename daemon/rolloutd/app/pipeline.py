@@ -27,10 +27,19 @@ from dataclasses import dataclass, field
 import msgspec
 import structlog
 
-from rolloutd.adapters.debezium import ChangeEvent, decode_change
+from rolloutd.adapters.cdc.debezium import ChangeEvent, decode_change
 from rolloutd.adapters.notify import AlertRecord, daemon_alert, route, trigger_alert
 from rolloutd.adapters.store import Batch, OutboxItem, Store
-from rolloutd.cdc import CdcRouter
+from rolloutd.app.cdc import CdcRouter
+from rolloutd.app.faults import (
+    Origin,
+    count_drops,
+    drops,
+    guard_for,
+    index_of,
+    report_failure,
+    take_decoded,
+)
 from rolloutd.config import Alert, FlagTable
 from rolloutd.core import intake
 from rolloutd.core.decisions import (
@@ -48,15 +57,6 @@ from rolloutd.core.engine import Engine
 from rolloutd.core.events import Command, CommandName, Event, Rejection, decode_many
 from rolloutd.core.flagwatch import CONFIRMED, FlagWatch, Observation
 from rolloutd.core.spec import EngineSpec
-from rolloutd.faults import (
-    Origin,
-    count_drops,
-    drops,
-    guard_for,
-    index_of,
-    report_failure,
-    take_decoded,
-)
 
 log = logging.getLogger("rolloutd.pipeline")
 decision_log = structlog.get_logger("rolloutd.decisions")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal, NamedTuple
 
-from rolloutd.core.cdc_rows import (
+from rolloutd.core.cdc.rows import (
     NO_KEY,
     TRANSFORMS,
     CdcChange,
@@ -40,7 +40,7 @@ from rolloutd.core.cdc_rows import (
     readers,
     table_pattern,
 )
-from rolloutd.core.cdc_state import KeyTable, position
+from rolloutd.core.cdc.state import KeyTable, position
 from rolloutd.core.windows import latency_slot, slot_value
 
 FAILURE_KINDS = ("missing", "extra", "mismatch")
@@ -85,7 +85,7 @@ class MigrationWiring:
     """Where a migration's changes come from and whose triggers read what it measures.
 
     Plain data beside the spec, so the config can build it without importing the CDC
-    decoder; `rolloutd.cdc` routes decoded changes by it.
+    decoder; `rolloutd.app.cdc` routes decoded changes by it.
     """
 
     spec: MigrationSpec

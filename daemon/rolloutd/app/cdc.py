@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from rolloutd.adapters.debezium import ChangeEvent, decode_change
+from rolloutd.adapters.cdc.debezium import ChangeEvent, decode_change
+from rolloutd.core.cdc.migration import MigrationChecker, MigrationWiring, Sample
 from rolloutd.core.events import Counter as CounterEvent
 from rolloutd.core.events import Event, Gauge, Rejection
-from rolloutd.core.migration import MigrationChecker, MigrationWiring, Sample
 
 # MigrationWiring lives in the core (plain data the config builds); re-exported here.
 __all__ = ["CdcRouter", "MigrationWiring"]

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from rolloutd.core.cdc_state import Key, State
+from rolloutd.core.cdc.state import Key, State
 
 TRANSFORMS = ("identity", "lower", "trim", "string", "int")
 
@@ -38,7 +38,7 @@ class CdcSource(Protocol):
 
 
 class CdcChange(Protocol):
-    """What the checker reads of a change (`rolloutd.adapters.debezium.ChangeEvent`)."""
+    """What the checker reads of a change (`rolloutd.adapters.cdc.debezium.ChangeEvent`)."""
 
     @property
     def op(self) -> str: ...

@@ -147,7 +147,7 @@ class Demo:
             "ROLLOUTD_DEMO_HTTP": f"127.0.0.1:{self.http_port}",
         }
         self._spawn(
-            [sys.executable, "-m", "rolloutd.cli", "run", "--config", str(self.config), "--fresh"],
+            [sys.executable, "-m", "rolloutd", "run", "--config", str(self.config), "--fresh"],
             "rolloutd.log",
             env,
         )

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-# A string holding at least one ${NAME} or ${NAME:-default} reference (config._REFERENCE).
+# A string holding at least one ${NAME} or ${NAME:-default} reference (config.load._REFERENCE).
 ENV_REFERENCE: dict[str, Any] = {
     "type": "string",
     "pattern": r"\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}",
