@@ -90,7 +90,7 @@ def test_pipeline_publishes_breaker_state_for_services(tmp_path: Path) -> None:
             {"ts": T0 + 1, "type": "requests", "service": "user-service", "count": 10, "errors": 10}
         ).encode()
         items = pipeline.ingest("kafka", [payload], T0 + 1)
-    retained = [i for i in items if i.sink == "mqtt:rollouts/breakers/users"]
+    retained = [i for i in items if str(i.sink) == "mqtt:rollouts/breakers/users"]
     assert len(retained) == 1
     assert retained[0].retain
     assert json.loads(retained[0].payload) == {
@@ -99,5 +99,5 @@ def test_pipeline_publishes_breaker_state_for_services(tmp_path: Path) -> None:
         "revision": store.revision_floor + 1,
         "ts": T0 + 1,
     }
-    keyed = [i for i in items if i.sink == "kafka:rollout.flags" and i.key == b"breaker:users"]
+    keyed = [i for i in items if str(i.sink) == "kafka:rollout.flags" and i.key == b"breaker:users"]
     assert len(keyed) == 1

@@ -40,6 +40,7 @@ from rolloutd.adapters.notify.http import Redactor, retry_after
 from rolloutd.adapters.store import Batch, OutboxItem, Store
 from rolloutd.config import Alert, parse_config
 from rolloutd.core.decisions import AlertDecision, TriggerDecision
+from rolloutd.core.outbound import Sink
 from rolloutd.core.spec import TriggerSpec
 
 T0 = 1_763_719_200.0
@@ -297,7 +298,7 @@ def test_route_filters_by_severity_rollout_and_send_resolved() -> None:
     alerts = [oncall, team, quiet]
 
     def sinks(rec: AlertRecord) -> list[str]:
-        return [sink for sink, *_ in route(alerts, rec)]
+        return [str(sink) for sink, *_ in route(alerts, rec)]
 
     assert sinks(record()) == ["alert:oncall", "alert:team", "alert:quiet"]
     assert sinks(record(severity="warning")) == ["alert:team", "alert:quiet"]
@@ -313,7 +314,7 @@ def test_resolved_rows_reach_a_repeating_notifier_without_send_resolved() -> Non
     receiver = Receiver()
     receiver.url = "http://127.0.0.1:9"
     repeating = notifier("webhook", receiver, send_resolved=False)  # repeats every 4h
-    assert [sink for sink, *_ in route([repeating], record("resolved"))] == ["alert:webhook"]
+    assert [str(sink) for sink, *_ in route([repeating], record("resolved"))] == ["alert:webhook"]
 
 
 def test_record_rejects_unknown_status_and_severity() -> None:
@@ -588,9 +589,9 @@ def test_rows_that_cannot_be_sent_are_given_up() -> None:
     outbox = Outbox()
     dispatcher = AlertDispatcher([notifier("webhook", receiver)], outbox.confirm)
     dispatcher.add([
-        OutboxItem(7, "alert:gone", b"k", msgspec.json.encode(record())),
-        OutboxItem(8, "alert:webhook", b"k", b'{"not": "a record"}'),
-        OutboxItem(9, "kafka:rollout.flags", b"k", b"{}"),  # not ours: ignored
+        OutboxItem(7, Sink.parse("alert:gone"), b"k", msgspec.json.encode(record())),
+        OutboxItem(8, Sink.parse("alert:webhook"), b"k", b'{"not": "a record"}'),
+        OutboxItem(9, Sink.parse("kafka:rollout.flags"), b"k", b"{}"),  # not ours: ignored
     ])  # fmt: skip
     assert outbox.confirmed == [7, 8]
     assert dispatcher.sent == {("gone", "failed"): 1, ("webhook", "failed"): 1}

@@ -31,7 +31,9 @@ SINKS = Sinks(flags_topic="rollout.flags")
 
 
 def revisions(items: list[OutboxItem]) -> list[int]:
-    return [json.loads(i.payload)["revision"] for i in items if i.sink == "kafka:rollout.flags"]
+    return [
+        json.loads(i.payload)["revision"] for i in items if str(i.sink) == "kafka:rollout.flags"
+    ]
 
 
 # -- the store's epoch ----------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from rolloutd.adapters.store import Batch, Loaded, OutboxItem, Store, StoreError
+from rolloutd.core.outbound import Sink
 
 
 @pytest.fixture
@@ -34,10 +35,11 @@ def full_batch() -> Batch:
         revisions={"new_checkout": 7, "orders": 1},
         offsets={("rollout.metrics", 0): 120, ("rollout.metrics", 1): 5, ("cmds", 0): 0},
         outbox=[
-            ("kafka:rollout.flags", b"new_checkout", b'{"percent": 5}', False),
-            ("mqtt:rollouts/flags/new_checkout", None, b'{"percent": 5}', True),
+            (Sink.parse("kafka:rollout.flags"), b"new_checkout", b'{"percent": 5}', False),
+            (Sink.parse("mqtt:rollouts/flags/new_checkout"), None, b'{"percent": 5}', True),
         ],
         meta={"config_hash": "abc"},
+        watches={"cdc": b'{"checks": []}', "flag_table": b'{"flags": {}}'},
     )
 
 
@@ -60,10 +62,15 @@ def test_round_trip_of_every_field(path: Path) -> None:
         ("cmds", 0): 0,
     }
     assert loaded.outbox == [
-        OutboxItem(ids[0], "kafka:rollout.flags", b"new_checkout", b'{"percent": 5}', False),
-        OutboxItem(ids[1], "mqtt:rollouts/flags/new_checkout", None, b'{"percent": 5}', True),
+        OutboxItem(
+            ids[0], Sink.parse("kafka:rollout.flags"), b"new_checkout", b'{"percent": 5}', False
+        ),
+        OutboxItem(
+            ids[1], Sink.parse("mqtt:rollouts/flags/new_checkout"), None, b'{"percent": 5}', True
+        ),
     ]
     assert loaded.meta == {"config_hash": "abc"}
+    assert loaded.watches == {"cdc": b'{"checks": []}', "flag_table": b'{"flags": {}}'}
 
 
 def test_upserts_overwrite_drops_and_done_delete(path: Path) -> None:
@@ -96,7 +103,7 @@ def test_confirm_deletes_and_ids_keep_increasing_across_reopen(path: Path) -> No
         store.confirm([])
         assert store.load().outbox == []
     with Store.open(path) as store:
-        (later,) = store.commit(Batch(outbox=[("kafka:t", None, b"x", False)]))
+        (later,) = store.commit(Batch(outbox=[(Sink.parse("kafka:t"), None, b"x", False)]))
     assert later > max(ids)  # never reused, even though the outbox was empty
 
 
@@ -177,7 +184,7 @@ while True:
         rollouts={name: b"%d" % n for name in ("a", "b", "c", "d")},
         revisions={"flag": n},
         offsets={("t", 0): n},
-        outbox=[("kafka:t", None, b"%d" % n, False)],
+        outbox=[(Sink.parse("kafka:t"), None, b"%d" % n, False)],
         done=[ids.pop(n - KEEP)] if n - KEEP in ids else [],
     )
     (ids[n],) = store.commit(batch)
@@ -248,7 +255,7 @@ BAD_FILES: dict[str, tuple[Callable[[Path], object], str]] = {
     "empty file": (lambda p: p.write_bytes(b""), r"is not a rolloutd state store \(empty file\)"),
     "truncated": (make_truncated, "is corrupt"),
     "another app": (make_foreign, r"not a rolloutd state store \(no rolloutd meta table\)"),
-    "newer schema": (make_future, "has schema version 99; this rolloutd reads 1"),
+    "newer schema": (make_future, "has schema version 99; this rolloutd reads 2"),
 }
 
 
@@ -317,3 +324,40 @@ def test_compact_folds_the_wal_into_the_file_and_keeps_everything(path: Path) ->
         store.compact()
         assert store.stats()["wal_bytes"] == 0
         assert store.load().engine == b"e49"
+
+
+def _as_schema_1(path: Path, rollouts: dict[str, bytes]) -> None:
+    """Turn a new store into what a schema-1 rolloutd left: the watches' state among the
+    rollouts under the names "\\x00cdc" and "\\x00flags", no watches table."""
+    Store.open(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE watches")
+    conn.executemany("INSERT INTO rollouts VALUES (?, ?)", rollouts.items())
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+
+
+def test_a_schema_1_store_is_migrated_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    _as_schema_1(path, {"checkout": b"ro", "\x00cdc": b'{"c":1}', "\x00flags": b'{"f":2}'})
+    with Store.open(path) as store:
+        loaded = store.load()
+        assert loaded.rollouts == {"checkout": b"ro"}
+        assert loaded.watches == {"cdc": b'{"c":1}', "flag_table": b'{"f":2}'}
+        store.commit(Batch(watches={"cdc": b'{"c":3}'}))
+    conn = sqlite3.connect(path)
+    (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    conn.close()
+    assert version == "2"
+    with Store.open(path) as store:  # opened again: nothing left to migrate
+        assert store.load().watches == {"cdc": b'{"c":3}', "flag_table": b'{"f":2}'}
+
+
+def test_a_schema_1_store_without_watches_migrates_to_none(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    _as_schema_1(path, {"checkout": b"ro"})
+    with Store.open(path) as store:
+        loaded = store.load()
+    assert loaded.rollouts == {"checkout": b"ro"}
+    assert loaded.watches == {}

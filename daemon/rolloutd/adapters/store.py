@@ -13,6 +13,11 @@ Rules:
   `<path>.<unix-ts>.bak`, never deleted.
 * One owner: the connection holds an exclusive lock for its lifetime, so a second daemon (or
   any reader) on the same file gets "in use" instead of a shared, diverging state.
+* The watches beside the rollouts (the CDC migration checks, the flag table's drift watch)
+  keep their state in their own table, `watches`, one row per watch, never among the
+  rollouts under made-up names.
+* The schema is versioned (`meta.schema_version`); an older store is migrated in place, in
+  one transaction, when it is opened (`_MIGRATIONS`); a newer one is refused.
 * Outbox ids come from AUTOINCREMENT: they only grow, even after the outbox empties.
 * Each store has an epoch: the wall clock in ms when it was created, in `meta`. Flag
   revisions start above `epoch * REVISIONS_PER_EPOCH`, so a store created after another one
@@ -34,7 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-SCHEMA_VERSION = 1
+from rolloutd.core.outbound import Sink
+
+SCHEMA_VERSION = 2
 REVISIONS_PER_EPOCH = 1000  # epoch ms * 1000 stays below 2**53 (exact in JSON doubles) to 2255
 APPLICATION_ID = 0x524F4C4C  # "ROLL" in the SQLite header: names the file as ours
 _SCHEMA = """
@@ -42,6 +49,7 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
 CREATE TABLE service_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
 CREATE TABLE engine (id INTEGER PRIMARY KEY CHECK (id = 1), state BLOB NOT NULL) STRICT;
 CREATE TABLE rollouts (name TEXT PRIMARY KEY, state BLOB NOT NULL) STRICT;
+CREATE TABLE watches (name TEXT PRIMARY KEY, state BLOB NOT NULL) STRICT;
 CREATE TABLE revisions (flag TEXT PRIMARY KEY, revision INTEGER NOT NULL) STRICT;
 CREATE TABLE offsets (topic TEXT NOT NULL, part INTEGER NOT NULL, next INTEGER NOT NULL,
                       PRIMARY KEY (topic, part)) STRICT, WITHOUT ROWID;
@@ -49,6 +57,17 @@ CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, k
                      payload BLOB NOT NULL, retain INTEGER NOT NULL) STRICT;
 """
 _OFFSETS = "SELECT topic, part, next FROM offsets"
+# version -> the statements that take a store of that version to the next one
+_MIGRATIONS = {
+    # 1 -> 2: the watches' state moves out of `rollouts`, where it was kept under the names
+    # "\x00cdc" and "\x00flags", into a table of its own.
+    1: """
+CREATE TABLE watches (name TEXT PRIMARY KEY, state BLOB NOT NULL) STRICT;
+INSERT INTO watches SELECT 'cdc', state FROM rollouts WHERE name = char(0) || 'cdc';
+INSERT INTO watches SELECT 'flag_table', state FROM rollouts WHERE name = char(0) || 'flags';
+DELETE FROM rollouts WHERE name IN (char(0) || 'cdc', char(0) || 'flags');
+""",
+}
 _T = TypeVar("_T")
 
 
@@ -67,7 +86,7 @@ class StoreError(Exception):
 @dataclass(frozen=True, slots=True)
 class OutboxItem:
     id: int
-    sink: str
+    sink: Sink
     key: bytes | None
     payload: bytes
     retain: bool = False
@@ -81,6 +100,7 @@ class Loaded:
     offsets: dict[tuple[str, int], int]
     outbox: list[OutboxItem]
     meta: dict[str, str]
+    watches: dict[str, bytes] = field(default_factory=dict)  # watch name -> its state
 
 
 @dataclass(slots=True)
@@ -90,12 +110,13 @@ class Batch:
     drop_rollouts: set[str] = field(default_factory=set)
     revisions: dict[str, int] = field(default_factory=dict)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-    outbox: list[tuple[str, bytes | None, bytes, bool]] = field(default_factory=list)
+    outbox: list[tuple[Sink, bytes | None, bytes, bool]] = field(default_factory=list)
     done: list[int] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
+    watches: dict[str, bytes] = field(default_factory=dict)  # watch name -> its new state
 
     def empty(self) -> bool:
-        changes = (self.rollouts, self.drop_rollouts, self.revisions, self.offsets)
+        changes = (self.rollouts, self.drop_rollouts, self.revisions, self.offsets, self.watches)
         return self.engine is None and not any((*changes, self.outbox, self.done, self.meta))
 
 
@@ -162,7 +183,7 @@ class Store:
         def read(cur: sqlite3.Cursor) -> Loaded:
             engine = cur.execute("SELECT state FROM engine").fetchone()
             rows = cur.execute("SELECT id, sink, key, payload, retain FROM outbox ORDER BY id")
-            outbox = [OutboxItem(i, s, k, p, bool(r)) for i, s, k, p, r in rows]
+            outbox = [OutboxItem(i, Sink.parse(s), k, p, bool(r)) for i, s, k, p, r in rows]
             return Loaded(
                 engine=engine[0] if engine else None,
                 rollouts=dict(cur.execute("SELECT name, state FROM rollouts")),
@@ -170,6 +191,7 @@ class Store:
                 offsets={(t, p): n for t, p, n in cur.execute(_OFFSETS)},
                 outbox=outbox,
                 meta=dict(cur.execute("SELECT key, value FROM service_meta")),
+                watches=dict(cur.execute("SELECT name, state FROM watches")),
             )
 
         return self._transaction("load", read, "BEGIN")
@@ -240,6 +262,7 @@ def _write(cur: sqlite3.Cursor, batch: Batch) -> list[int]:
         ("INSERT OR REPLACE INTO rollouts VALUES (?, ?)", batch.rollouts.items()),
         ("INSERT OR REPLACE INTO revisions VALUES (?, ?)", batch.revisions.items()),
         ("INSERT OR REPLACE INTO service_meta VALUES (?, ?)", batch.meta.items()),
+        ("INSERT OR REPLACE INTO watches VALUES (?, ?)", batch.watches.items()),
         ("INSERT OR REPLACE INTO offsets VALUES (?, ?, ?)", _offset_rows(batch.offsets)),
         ("DELETE FROM rollouts WHERE name = ?", ((name,) for name in batch.drop_rollouts)),
         (_DELETE_OUTBOX, ((i,) for i in batch.done)),
@@ -248,7 +271,7 @@ def _write(cur: sqlite3.Cursor, batch: Batch) -> list[int]:
         cur.executemany(sql, rows)
     added = []
     for sink, key, payload, retain in batch.outbox:
-        row = (sink, key, payload, int(retain))
+        row = (str(sink), key, payload, int(retain))
         added.append(cur.execute(_INSERT_OUTBOX, row).fetchone()[0])
     return added
 
@@ -314,12 +337,13 @@ def _open_checked(path: Path) -> sqlite3.Connection:
     """Connect, check the file, and take the exclusive lock (held until close)."""
     conn = _connect(path)
     try:
-        _identify(path, conn)
+        version = _identify(path, conn)
         if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
             raise StoreError(f"state file {path} cannot use WAL journaling")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA journal_size_limit = 16777216")  # trim the WAL after checkpoints
         conn.execute("BEGIN IMMEDIATE")
+        _migrate(conn, version)
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
         conn.close()
@@ -333,8 +357,18 @@ def _open_checked(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _identify(path: Path, conn: sqlite3.Connection) -> None:
-    """Raise StoreError unless `path` is a sound rolloutd store of a schema we read."""
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Take a store of schema `version` to SCHEMA_VERSION, inside the caller's transaction."""
+    while version < SCHEMA_VERSION:
+        for statement in _MIGRATIONS[version].strip().split(";\n"):
+            conn.execute(statement)
+        version += 1
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+
+
+def _identify(path: Path, conn: sqlite3.Connection) -> int:
+    """The schema version of `path`; StoreError unless it is a sound rolloutd store of a
+    schema this rolloutd reads (its own, or an older one it migrates)."""
     problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
     if problems != ["ok"]:
         raise StoreError(f"state file {path} is corrupt ({'; '.join(problems)})", fresh_helps=True)
@@ -347,7 +381,8 @@ def _identify(path: Path, conn: sqlite3.Connection) -> None:
             f"state file {path} is not a rolloutd state store ({cause})", fresh_helps=True
         )
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if row is None or row[0] != str(SCHEMA_VERSION):
+    readable = {str(v) for v in (*_MIGRATIONS, SCHEMA_VERSION)}
+    if row is None or row[0] not in readable:
         found = row[0] if row else "none"
         raise StoreError(
             f"state file {path} has schema version {found}; this rolloutd reads {SCHEMA_VERSION}",
@@ -356,3 +391,4 @@ def _identify(path: Path, conn: sqlite3.Connection) -> None:
     epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
     if epoch is not None and not epoch[0].isdigit():
         raise StoreError(f"state file {path} is corrupt (epoch {epoch[0][:20]!r})")
+    return int(row[0])

@@ -56,6 +56,7 @@ from rolloutd.core.decisions import (
 from rolloutd.core.engine import Engine
 from rolloutd.core.events import Command, CommandName, Event, Rejection, decode_many
 from rolloutd.core.flagwatch import CONFIRMED, FlagWatch, Observation
+from rolloutd.core.outbound import Sink
 from rolloutd.core.spec import EngineSpec
 
 log = logging.getLogger("rolloutd.pipeline")
@@ -105,8 +106,8 @@ class PipelineStats:
 
 
 RECENT = 50  # decisions kept per rollout for the admin API
-CDC_STATE = "\x00cdc"  # the migration checkers' state, stored beside the rollouts' parts
-FLAGS_STATE = "\x00flags"  # the flag table watch's state, likewise
+CDC_STATE = "cdc"  # the migration checkers' state: its row in the store's watches
+FLAGS_STATE = "flag_table"  # the flag table watch's state, likewise
 
 
 def _whole(value: float | None) -> float | int | None:
@@ -169,18 +170,17 @@ class Pipeline:
         self.stats = PipelineStats()
         self.recent: dict[str, deque[Decision]] = {}
         loaded = store.load()
-        parts = {k: v for k, v in loaded.rollouts.items() if k not in (CDC_STATE, FLAGS_STATE)}
-        self.engine = Engine.restore_parts(spec, loaded.engine, parts)
+        self.engine = Engine.restore_parts(spec, loaded.engine, loaded.rollouts)
         self.revisions = dict(loaded.revisions)
         self.revision_floor = store.revision_floor
         self.offsets = dict(loaded.offsets)
         self.unpublished: list[OutboxItem] = list(loaded.outbox)
         self.restored = loaded.engine is not None
-        if cdc is not None and CDC_STATE in loaded.rollouts:
-            cdc.load(msgspec.json.decode(loaded.rollouts[CDC_STATE]))
-        if flags is not None and FLAGS_STATE in loaded.rollouts:
-            flags.watch.load(msgspec.json.decode(loaded.rollouts[FLAGS_STATE]))
-        self._outbox: list[tuple[str, bytes | None, bytes, bool]] = []
+        if cdc is not None and CDC_STATE in loaded.watches:
+            cdc.load(msgspec.json.decode(loaded.watches[CDC_STATE]))
+        if flags is not None and FLAGS_STATE in loaded.watches:
+            flags.watch.load(msgspec.json.decode(loaded.watches[FLAGS_STATE]))
+        self._outbox: list[tuple[Sink, bytes | None, bytes, bool]] = []
         self._cdc_changed = False
         self._flags_changed = False
         self.confirm_delay: Callable[[float], None] | None = None
@@ -496,7 +496,7 @@ class Pipeline:
         payload = encode(decision)
         decision_log.info("decision", **msgspec.json.decode(payload))
         if self.sinks.decisions_topic is not None:
-            topic = f"kafka:{self.sinks.decisions_topic}"
+            topic = Sink.kafka(self.sinks.decisions_topic)
             self._outbox.append((topic, decision.rollout.encode(), payload, False))
 
     def _alert(self, alert: AlertDecision, measured: TriggerDecision | None) -> None:
@@ -520,16 +520,16 @@ class Pipeline:
         decision_log.info("decision", **msgspec.json.decode(payload))
         key = f"breaker:{decision.breaker}"
         if self.sinks.decisions_topic is not None:
-            topic = f"kafka:{self.sinks.decisions_topic}"
+            topic = Sink.kafka(self.sinks.decisions_topic)
             self._outbox.append((topic, key.encode(), payload, False))
         revision = self._next_revision(key)
         state = msgspec.json.encode(
             BreakerState(decision.breaker, decision.state, revision, decision.ts)
         )
         if self.sinks.flags_topic is not None:
-            self._outbox.append((f"kafka:{self.sinks.flags_topic}", key.encode(), state, False))
+            self._outbox.append((Sink.kafka(self.sinks.flags_topic), key.encode(), state, False))
         if self.sinks.mqtt_breakers_prefix is not None:
-            topic = f"mqtt:{self.sinks.mqtt_breakers_prefix}/{decision.breaker}"
+            topic = Sink.mqtt(f"{self.sinks.mqtt_breakers_prefix}/{decision.breaker}")
             self._outbox.append((topic, None, state, True))
 
     def breaker_command(
@@ -554,10 +554,10 @@ class Pipeline:
             self._flags_changed = True
         payload = msgspec.json.encode(state)
         if self.sinks.flags_topic is not None:
-            topic = f"kafka:{self.sinks.flags_topic}"
+            topic = Sink.kafka(self.sinks.flags_topic)
             self._outbox.append((topic, flag.encode(), payload, False))
         if self.sinks.mqtt_flags_prefix is not None:
-            topic = f"mqtt:{self.sinks.mqtt_flags_prefix}/{flag}"
+            topic = Sink.mqtt(f"{self.sinks.mqtt_flags_prefix}/{flag}")
             self._outbox.append((topic, None, payload, True))
 
     def _commit(
@@ -576,11 +576,12 @@ class Pipeline:
         if rewrite_all:
             changed = {r.spec.name for r in engine.rollouts}
         parts = {name: engine.snapshot_rollout(name) for name in changed}
+        watches: dict[str, bytes] = {}
         if self.cdc is not None and self._cdc_changed:
-            parts[CDC_STATE] = msgspec.json.encode(self.cdc.dump())
+            watches[CDC_STATE] = msgspec.json.encode(self.cdc.dump())
             self._cdc_changed = False
         if self.flags is not None and self._flags_changed:
-            parts[FLAGS_STATE] = msgspec.json.encode(self.flags.watch.dump())
+            watches[FLAGS_STATE] = msgspec.json.encode(self.flags.watch.dump())
             self._flags_changed = False
         batch = Batch(
             engine=engine.snapshot_global(),
@@ -589,6 +590,7 @@ class Pipeline:
             revisions=self._revisions,
             offsets=offsets,
             outbox=self._outbox,
+            watches=watches,
         )
         ids = self.store.commit(batch)
         self.offsets.update(offsets)

@@ -18,6 +18,7 @@ from rolloutd.adapters.mqtt import MqttLink, MqttUnavailable
 from rolloutd.adapters.notify import AlertDispatcher
 from rolloutd.adapters.store import OutboxItem
 from rolloutd.app.pipeline import Pipeline
+from rolloutd.core.outbound import SinkKind
 
 log = logging.getLogger("rolloutd.publisher")
 
@@ -42,7 +43,7 @@ class Publisher:
         self._warned = 0.0  # monotonic time of the first failure in a row
 
     def add(self, items: list[OutboxItem]) -> None:
-        mine = [i for i in items if not i.sink.startswith("alert:")]  # alerts: the dispatcher
+        mine = [i for i in items if i.sink.kind is not SinkKind.ALERT]  # alerts: the dispatcher
         if mine:
             self.pending.extend(mine)
             self.wake.set()
@@ -63,8 +64,8 @@ class Publisher:
     async def send_some(self) -> bool:
         """Publish up to CHUNK items; True if all of them went out."""
         chunk = [self.pending[i] for i in range(min(CHUNK, len(self.pending)))]
-        kafka = [i for i in chunk if i.sink.startswith("kafka:")]
-        mqtt = [i for i in chunk if i.sink.startswith("mqtt:")]
+        kafka = [i for i in chunk if i.sink.kind is SinkKind.KAFKA]
+        mqtt = [i for i in chunk if i.sink.kind is SinkKind.MQTT]
         done: set[int] = set()
         for items, send in ((kafka, self._send_kafka), (mqtt, self._send_mqtt)):
             if not items:
@@ -72,7 +73,7 @@ class Publisher:
             try:
                 await send(items)
             except Exception as exc:
-                self._warn(items[0].sink.split(":")[0], exc)
+                self._warn(items[0].sink.kind, exc)
                 break  # keep order: later items wait for the failed ones
             done.update(i.id for i in items)
         if done:
@@ -92,12 +93,12 @@ class Publisher:
     async def _send_kafka(self, items: list[OutboxItem]) -> None:
         if self.kafka is None:
             raise MqttUnavailable("no kafka connection configured")
-        await self.kafka.publish([(i.sink[6:], i.key, i.payload) for i in items])
+        await self.kafka.publish([(i.sink.target, i.key, i.payload) for i in items])
 
     async def _send_mqtt(self, items: list[OutboxItem]) -> None:
         if self.mqtt is None:
             raise MqttUnavailable("no mqtt connection configured")
-        await self.mqtt.publish([(i.sink[5:], i.payload, i.retain) for i in items])
+        await self.mqtt.publish([(i.sink.target, i.payload, i.retain) for i in items])
 
     async def flush(self, grace: float) -> bool:
         """Try to empty the outbox within `grace` seconds."""

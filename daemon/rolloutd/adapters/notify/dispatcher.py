@@ -38,7 +38,7 @@ from rolloutd.adapters.notify.alertmanager import AlertmanagerNotifier
 from rolloutd.adapters.notify.base import AlertConfig, Entry, Notifier
 from rolloutd.adapters.notify.lane import Lane, loop_time
 from rolloutd.adapters.notify.pagerduty import PagerDutyNotifier
-from rolloutd.adapters.notify.record import SINK_PREFIX, AlertRecord, decode_record, wants
+from rolloutd.adapters.notify.record import AlertRecord, decode_record, wants
 from rolloutd.adapters.notify.slack import SlackNotifier
 from rolloutd.adapters.notify.webhook import WebhookNotifier
 from rolloutd.adapters.store import OutboxItem
@@ -49,6 +49,7 @@ from rolloutd.config import (
     SlackAlert,
     WebhookAlert,
 )
+from rolloutd.core.outbound import SinkKind
 
 log = logging.getLogger("rolloutd.alerts")
 
@@ -104,9 +105,9 @@ class AlertDispatcher:
         """Queue the alert rows among `items` (other sinks are ignored)."""
         now = loop_time()
         for item in items:
-            if not item.sink.startswith(SINK_PREFIX) or item.id in self._queued:
+            if item.sink.kind is not SinkKind.ALERT or item.id in self._queued:
                 continue
-            name = item.sink.removeprefix(SINK_PREFIX)
+            name = item.sink.target
             lane = self._lanes.get(name)
             if lane is None:
                 self._give_up(item.id, name, "the notifier is not configured (any more)")

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import msgspec
 
 from rolloutd.config import Alert
+from rolloutd.core.outbound import Sink
 
-SINK_PREFIX = "alert:"
 STATUSES = ("firing", "resolved")
 SEVERITIES = ("critical", "warning", "info")
 
@@ -77,12 +77,12 @@ def wants(alert: Alert, record: AlertRecord) -> bool:
 
 def route(
     alerts_config: Sequence[Alert], record: AlertRecord
-) -> list[tuple[str, bytes, bytes, bool]]:
+) -> list[tuple[Sink, bytes, bytes, bool]]:
     """Outbox rows `(sink, key, payload, retain=False)`, one per notifier that wants `record`."""
     payload = encode_record(record)
     key = record.key.encode()
     return [
-        (f"{SINK_PREFIX}{alert.name}", key, payload, False)
+        (Sink.alert(alert.name), key, payload, False)
         for alert in alerts_config
         if wants(alert, record)
     ]
