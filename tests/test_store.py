@@ -171,6 +171,7 @@ def test_a_commit_on_a_closed_connection_is_a_store_error(path: Path) -> None:
 CHILD = """
 import sys
 from rolloutd.adapters.store import Batch, Store
+from rolloutd.core.outbound import Sink
 
 KEEP = 5  # the child confirms each outbox item 5 batches later
 store = Store.open(sys.argv[1])
