@@ -17,6 +17,7 @@ SECRETS = {
     "SLACK_WEBHOOK_URL": "https://hooks.example.invalid/T000/B000/secretpath",
     "AM_TOKEN": "am-token-def",
     "HOOK_SECRET": "hook-secret-ghi",
+    "UNLEASH_CLIENT_TOKEN": "unleash-client-jkl",
 }
 
 

@@ -40,6 +40,7 @@ EXAMPLE_ENV = {
         "SLACK_WEBHOOK_URL",
         "AM_TOKEN",
         "HOOK_SECRET",
+        "UNLEASH_CLIENT_TOKEN",
     )
 }
 

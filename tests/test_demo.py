@@ -12,7 +12,9 @@ ROOT = Path(__file__).parent.parent
 
 
 @pytest.mark.timeout(120)
-def test_live_demo_walks_the_canary_and_rolls_it_back() -> None:
+@pytest.mark.parametrize("sdk", ["in_rollout", "unleash"])
+def test_live_demo_walks_the_canary_and_rolls_it_back(sdk: str) -> None:
+    """With `--sdk unleash` the users are split by the Unleash SDK reading the daemon."""
     result = subprocess.run(
         [
             sys.executable,
@@ -21,6 +23,8 @@ def test_live_demo_walks_the_canary_and_rolls_it_back() -> None:
             "demo",
             "--config",
             str(ROOT / "config" / "demo.yaml"),
+            "--sdk",
+            sdk,
         ],
         capture_output=True,
         text=True,

@@ -90,10 +90,16 @@ def test_setup_ci_and_image_install_from_the_locks() -> None:
     assert "pip install ." not in docker
 
 
-def imported_modules() -> set[str]:
-    """Top-level modules that daemon/rolloutd imports, standard library left out."""
+DEMO = ROOT / "daemon" / "rolloutd" / "tools" / "demo.py"  # may also use the demo extra
+
+
+def imported_modules(sources: list[Path] | None = None) -> set[str]:
+    """Top-level modules that daemon/rolloutd (but the demo) imports, standard library left
+    out; or those `sources` import."""
+    if sources is None:
+        sources = [p for p in (ROOT / "daemon" / "rolloutd").rglob("*.py") if p != DEMO]
     found: set[str] = set()
-    for source in (ROOT / "daemon" / "rolloutd").rglob("*.py"):
+    for source in sources:
         for node in ast.walk(ast.parse(source.read_text())):
             if isinstance(node, ast.Import):
                 found |= {alias.name.split(".")[0] for alias in node.names}
@@ -108,3 +114,5 @@ def test_runtime_dependencies_are_exactly_what_the_daemon_imports() -> None:
     assert modules, "no third-party import found"
     used = {canonicalize_name(owners[module][0]) for module in modules}
     assert used == {canonicalize_name(r.name) for r in declared(None)}
+    demo = {canonicalize_name(owners[module][0]) for module in imported_modules([DEMO])}
+    assert demo <= used | {canonicalize_name(r.name) for r in declared("demo")}

@@ -20,6 +20,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from rolloutd.adapters.delivery import DeliveryRoutes
 from rolloutd.adapters.status import StatusView
 from rolloutd.core.decisions import Decision, to_dict
 from rolloutd.core.events import CommandName
@@ -45,6 +46,7 @@ class AdminContext:
     ready: Callable[[], dict[str, bool]]  # condition -> met
     run_breaker_command: BreakerRunner | None = None
     not_ready: Callable[[], dict[str, str]] = dict  # source -> why it is not up
+    delivery: DeliveryRoutes | None = None  # flagd / Unleash endpoints; None: absent
 
 
 def rollout_view(rollout: RolloutRuntime, recent: Sequence[Decision]) -> dict[str, Any]:
@@ -90,6 +92,8 @@ def build_app(ctx: AdminContext) -> web.Application:
     app.router.add_get("/api/v1/breakers", _breakers)
     app.router.add_get("/api/v1/migrations", _migrations)
     app.router.add_post("/api/v1/breakers/{name}/{command}", _breaker_command)
+    if ctx.delivery is not None:
+        ctx.delivery.add_to(app)
     return app
 
 

@@ -57,6 +57,8 @@ class KnownSeries:
 def known_series(config: Config) -> KnownSeries:
     sources = [name for name in ("kafka", "mqtt") if getattr(config.sources, name) is not None]
     event_reasons = tuple(dict.fromkeys((*REJECTION_REASONS, *PAYLOAD_REASONS)))
+    if config.delivery.unleash is not None:  # the Unleash SDKs' metrics, as events
+        sources.append("unleash")
     invalid = [(source, reason) for source in sources for reason in event_reasons]
     if config.migrations:
         sources.append("cdc")

@@ -153,6 +153,7 @@ class Pipeline:
         flags: FlagTableWatch | None = None,
         checkpoint: float = 0.0,
         max_future_skew: float = 300.0,
+        on_flags: Callable[[list[FlagState]], None] | None = None,
     ) -> None:
         self.spec = spec
         self.max_future_skew = max_future_skew  # events dated later than now + this: rejected
@@ -185,6 +186,9 @@ class Pipeline:
         self._flags_changed = False
         self.confirm_delay: Callable[[float], None] | None = None
         self._revisions: dict[str, int] = {}
+        # Flag delivery (adapters/delivery): the flag states of each commit, after it.
+        self.on_flags = on_flags
+        self._flag_states: list[FlagState] = []
 
     # -- entry points -------------------------------------------------------------------
     def start(self, now: float) -> list[OutboxItem]:
@@ -552,6 +556,7 @@ class Pipeline:
         if self.flags is not None:
             self.flags.watch.expect(flag, rollout.percent, ts)
             self._flags_changed = True
+        self._flag_states.append(state)  # for flag delivery, once committed
         payload = msgspec.json.encode(state)
         if self.sinks.flags_topic is not None:
             topic = Sink.kafka(self.sinks.flags_topic)
@@ -600,4 +605,7 @@ class Pipeline:
         ]
         self._outbox, self._revisions = [], {}
         self.stats.batches += 1
+        flag_states, self._flag_states = self._flag_states, []
+        if self.on_flags is not None:  # flag delivery sees only what the store holds
+            self.on_flags(flag_states)
         return items

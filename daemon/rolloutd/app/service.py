@@ -30,6 +30,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from rolloutd import __version__
 from rolloutd.adapters import connections
+from rolloutd.adapters.delivery import build_delivery
 from rolloutd.adapters.http import AdminContext, build_app
 from rolloutd.adapters.kafka import (
     Fetched,
@@ -146,6 +147,8 @@ class Service:
                 rollout_of={r.flag: r.name for r in config.rollouts},
                 policy={r.name: r.drift for r in config.rollouts},
             )
+        # Flag delivery (flagd document, Unleash client API): fed after each commit.
+        self.delivery = build_delivery(config.delivery, self.registry, clock, self._on_unleash)
         self.pipeline = Pipeline(
             config.to_spec(),
             self.store,
@@ -156,7 +159,10 @@ class Service:
             flags,
             checkpoint=config.state.checkpoint,
             max_future_skew=config.sources.max_future_skew,
+            on_flags=self.delivery.board.publish if self.delivery is not None else None,
         )
+        if self.delivery is not None:  # the state at start, before any decision of this run
+            self.delivery.board.seed(self.pipeline.engine.rollouts, self.pipeline.revisions)
         self.pipeline.confirm_delay = confirm_delay.observe
         if cdc is not None:
             self.state.migrations = cdc.metrics
@@ -192,6 +198,9 @@ class Service:
             self.health.reasons[name] = "" if connected else reason or "not connected"
 
         return update
+
+    def _on_unleash(self, payloads: list[bytes]) -> None:
+        self.outbox.add(self.pipeline.ingest("unleash", payloads, self.clock()))
 
     def _on_mqtt(self, topic: str, payload: bytes) -> None:
         self.outbox.add(self.pipeline.ingest("mqtt", [payload], self.clock(), topic=topic))
@@ -322,7 +331,7 @@ class Service:
             self.systemd.ready("config reload rejected")
             return False
         logs.set_secrets([*logs.secrets_of(self.config), *logs.secrets_of(config)])
-        for section in ("sources", "sinks", "state", "http"):
+        for section in ("sources", "sinks", "state", "http", "delivery"):
             if getattr(config, section) != getattr(self.config, section):
                 log.warning("config reload: %s changed; that takes effect after a restart", section)
         self.outbox.add(items)
@@ -340,6 +349,8 @@ class Service:
             )
         self.state.reload_success = True
         self.state.known = known_series(config)
+        if self.delivery is not None:  # a removed rollout's flag leaves the documents
+            self.delivery.board.retain({r.flag for r in config.rollouts})
         self.pipeline.alerts = config.alerts
         self.alerts.reconfigure(config.alerts)
         log.info("config reloaded: %d rollouts", len(config.rollouts))
@@ -396,6 +407,7 @@ class Service:
             ready=self._readiness,
             not_ready=lambda: {n: r for n, r in self.health.reasons.items() if r},
             run_breaker_command=self._breaker_command,
+            delivery=self.delivery,
         )
         http = self.config.http
         runner = web.AppRunner(build_app(ctx), access_log=None, keepalive_timeout=http.idle_timeout)

@@ -12,6 +12,7 @@ per seam, each importing only those above it in this list:
 * `fields` - shared field types and the strict `Section` base model;
 * `rollouts`, `sections`, `alerts`, `guards` - the file's sections (rollouts and triggers;
   sources, sinks, state, HTTP, engine; alert routes; breakers, flag table, migrations);
+* `delivery` - flag delivery into the SDKs (flagd document, Unleash client API);
 * `describe` - the human summary `check-config` prints;
 * `errors` - `ConfigError` and the "<path>: <message>" formatting;
 * `model` - `Config`, the whole file, with its cross-reference checks and `to_spec()`;
@@ -28,6 +29,7 @@ from rolloutd.config.alerts import (
     SlackAlert,
     WebhookAlert,
 )
+from rolloutd.config.delivery import Delivery, DeliveryVariants, FlagdDelivery, UnleashDelivery
 from rolloutd.config.errors import ConfigError
 from rolloutd.config.fields import Op, Severity
 from rolloutd.config.guards import Breaker, FlagTable, Migration, MigrationSide
@@ -56,8 +58,11 @@ __all__ = [
     "Breaker",
     "Config",
     "ConfigError",
+    "Delivery",
+    "DeliveryVariants",
     "Engine",
     "FlagTable",
+    "FlagdDelivery",
     "Http",
     "InlineTrigger",
     "KafkaSecurity",
@@ -78,6 +83,7 @@ __all__ = [
     "State",
     "Step",
     "Trigger",
+    "UnleashDelivery",
     "WebhookAlert",
     "config_json_schema",
     "load_config",

@@ -13,6 +13,7 @@ from pydantic import (
 )
 
 from rolloutd.config.alerts import Alert
+from rolloutd.config.delivery import Delivery
 from rolloutd.config.describe import describe_rollout
 from rolloutd.config.durations import format_duration
 from rolloutd.config.errors import ConfigError
@@ -65,6 +66,9 @@ class Config(Section):
             "The table applications read flags from, seen through its Debezium topic: confirms "
             "decided percents and detects drift."
         ),
+    )
+    delivery: Delivery = Field(
+        Delivery(), description="Flag state for the OpenFeature/flagd and Unleash SDKs."
     )
 
     @model_validator(mode="after")

