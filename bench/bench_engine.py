@@ -43,7 +43,7 @@ from rolloutd.app import gc_tuning
 from rolloutd.core.decisions import Decision
 from rolloutd.core.engine import Engine
 from rolloutd.core.events import Event, Rejection, decode_one
-from rolloutd.core.intake import Guard, take
+from rolloutd.core.intake import take
 from rolloutd.core.spec import EngineSpec
 
 TARGET_RATE = 500_000.0
@@ -64,28 +64,16 @@ class Run:
         return self.rate / self.floor
 
 
-def _invalid(payload: bytes | None) -> int:
-    raise ValueError(f"the generator wrote an invalid event: {payload!r}")
-
-
-def _failed(index: int, exc: Exception) -> None:
-    raise AssertionError(f"the engine failed on line {index} of a chunk") from exc
-
-
-def _future(event: Event) -> None:
-    raise AssertionError(f"refused as from the future: {event!r}")
-
-
 def _pipeline(engine: Engine, lines: Sequence[bytes], made: list[Decision]) -> float:
-    def decided(_event: Event, decisions: list[Decision]) -> None:
-        made.extend(decisions)
-
-    # The daemon's guard: nothing is later than it allows here, so every event is checked
-    # and taken.
-    guard = Guard(float("inf"), _future, _failed)
+    # The daemon's guarded loop: nothing is later than it allows here, so every event is
+    # checked and taken.
     start = time.perf_counter()
-    take(engine, lines, None, MAX_BYTES, _invalid, decided, guard)
-    return time.perf_counter() - start
+    taken = take(engine, lines, None, MAX_BYTES, float("inf"))
+    elapsed = time.perf_counter() - start
+    if taken.rejected or taken.failed:
+        raise AssertionError(f"the generator wrote an invalid event: {taken.rejected[:1]}")
+    made.extend(taken.decisions())
+    return elapsed
 
 
 def _engine_only(engine: Engine, events: Sequence[Event], made: list[Decision]) -> float:

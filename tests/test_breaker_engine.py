@@ -7,7 +7,8 @@ from pathlib import Path
 
 from helpers import T0, event, kinds, rollout
 from rolloutd.adapters.store import Store
-from rolloutd.app.pipeline import Pipeline, Sinks
+from rolloutd.app.messages import Sinks
+from rolloutd.app.pipeline import Pipeline
 from rolloutd.core.breaker import BreakerSpec
 from rolloutd.core.decisions import to_dict
 from rolloutd.core.engine import Engine

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from helpers import T0, error_trigger, rollout
 from rolloutd.adapters.store import Store
-from rolloutd.app.pipeline import Pipeline, Sinks
+from rolloutd.app.messages import Sinks
+from rolloutd.app.pipeline import Pipeline
 from rolloutd.core.spec import EngineSpec, StepSpec
 
 SPEC = EngineSpec(
@@ -94,7 +95,7 @@ def test_a_crash_between_checkpoints_replays_each_event_exactly_once(tmp_path: P
         # killed here: the deferred batches were never written
     with Store.open(tmp_path / "s.db") as store:
         again = Pipeline(SPEC, store, SINKS, checkpoint=1.0)
-        resume_at = again.offsets[(TOPIC, 0)]
+        resume_at = again.positions()[(TOPIC, 0)]
         assert resume_at < 11  # something is re-read ...
         assert _events(again) == 2 * resume_at  # ... and the state has not seen it
         again.start(stream[resume_at - 1][0])

@@ -11,6 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from helpers import T0, batch, command, error_trigger, event, rollout
 from reference_engine import ReferenceEngine
+from rolloutd.app.messages import Positions
 from rolloutd.core.decisions import Decision, encode
 from rolloutd.core.engine import Engine, bucket_number
 from rolloutd.core.rollout import COMMANDS
@@ -169,6 +170,8 @@ class EngineMachine(RuleBasedStateMachine):
         # What a store holds when only changed rollouts are rewritten after each call.
         self.stored_global: bytes | None = None
         self.stored_parts: dict[str, bytes] = {}
+        # What the daemon's messages say of each rollout: moved by the decisions alone.
+        self.positions = Positions(self.engine.rollouts)
 
     def _both(self, call: str, *args: object) -> None:
         mine = getattr(self.engine, call)(*args)
@@ -178,6 +181,8 @@ class EngineMachine(RuleBasedStateMachine):
         assert [encode(d) for d in mine] == [encode(d) for d in reference]
         self._check_step_rules(mine)
         self.decisions.extend(mine)
+        for decision in mine:
+            self.positions.apply(decision)
         self.stored_global = self.engine.snapshot_global()
         for name in self.engine.take_changed():
             self.stored_parts[name] = self.engine.snapshot_rollout(name)
@@ -320,6 +325,17 @@ class EngineMachine(RuleBasedStateMachine):
             if before in ("rolled_back", "aborted"):
                 assert d.reason == "command: retry", d
             last[d.rollout] = d.phase
+
+    @invariant()
+    def the_decisions_carry_every_move(self) -> None:
+        """A flag message built from the decisions alone says what the engine holds."""
+        for rt in self.engine.rollouts:
+            position = self.positions.of[rt.spec.name]
+            assert (position.flag, position.percent, position.phase) == (
+                rt.spec.flag,
+                rt.percent,
+                rt.phase,
+            )
 
     @invariant()
     def decision_times_never_go_back(self) -> None:

@@ -21,7 +21,8 @@ from rolloutd.adapters.metrics import DaemonState, build_registry
 from rolloutd.adapters.store import Store
 from rolloutd.app.cdc import CdcRouter, MigrationWiring
 from rolloutd.app.faults import describe_error
-from rolloutd.app.pipeline import Pipeline, Sinks
+from rolloutd.app.messages import Sinks
+from rolloutd.app.pipeline import Pipeline
 from rolloutd.config import ConfigError, Sources, parse_config
 from rolloutd.core.breaker import BreakerRuntime, BreakerSpec
 from rolloutd.core.cdc.migration import MigrationChecker, MigrationSpec

@@ -18,7 +18,8 @@ from aiohttp import web
 from brokers import Tansu
 from helpers import T0, rollout
 from rolloutd.adapters.store import REVISIONS_PER_EPOCH, Batch, OutboxItem, Store, StoreError
-from rolloutd.app.pipeline import Pipeline, Sinks
+from rolloutd.app.messages import Sinks
+from rolloutd.app.pipeline import Pipeline
 from rolloutd.core.spec import EngineSpec
 from test_daemon import TOPICS, WALKING, Daemon, Kafka, config_text
 

@@ -19,7 +19,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,7 @@ class KafkaConsumerLoop:
         self,
         source: KafkaSource,
         topics: Sequence[str],
-        offsets: dict[tuple[str, int], int],
+        positions: Callable[[], Mapping[tuple[str, int], int]],
         handle: BatchHandler,
         on_state: StateHandler,
         started_at: float = 0.0,
@@ -99,7 +99,9 @@ class KafkaConsumerLoop:
         self.source = source
         self.member = member
         self.topics = list(topics)
-        self.offsets = offsets  # next offset to read, as persisted; updated per batch
+        # The next offset to read per partition, as the state holds it (the store's record,
+        # and what waits for its checkpoint): where an assigned partition is sought.
+        self.positions = positions
         self.handle = handle
         self.report = on_state
         self.waiting: str | None = WAITING  # why not consuming, besides a silent broker
@@ -175,7 +177,7 @@ class KafkaConsumerLoop:
             floors = await seek_assigned(
                 consumer,
                 partitions,
-                self.offsets,
+                self.positions(),
                 self.source.auto_offset_reset,
                 self.started_ms,
             )
@@ -201,7 +203,6 @@ class KafkaConsumerLoop:
                 continue
             batch, positions, origins = self._unpack(fetched)
             await self.handle(batch, positions, origins)
-            self.offsets.update(positions)
             await self._done(consumer, fetched, positions)
 
     def _unpack(
@@ -254,8 +255,9 @@ class KafkaConsumerLoop:
                 self.on_state(self.waiting)
             return
         self.answered()
+        read = self.positions()
         for tp, end in ends.items():
-            done = self.offsets.get((tp.topic, tp.partition))
+            done = read.get((tp.topic, tp.partition))
             if done is not None:
                 self.lag[(tp.topic, tp.partition)] = max(0, end - done)
 

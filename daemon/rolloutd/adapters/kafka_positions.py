@@ -18,7 +18,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 from aiokafka import TopicPartition
@@ -34,7 +34,7 @@ class _Record(Protocol):
 async def seek_assigned(
     consumer: Any,  # AIOKafkaConsumer (untyped)
     partitions: Sequence[TopicPartition],
-    offsets: dict[Key, int],
+    offsets: Mapping[Key, int],
     reset: Literal["earliest", "latest"],
     started_ms: int,
 ) -> dict[Key, int]:

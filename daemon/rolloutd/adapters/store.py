@@ -150,6 +150,9 @@ class Store:
         self.epoch = int(row[0]) if row else 0  # ms at creation; 0: made before epochs
         self.created = False  # open() made this file (no state file was there)
         self.moved_aside: Path | None = None  # fresh=True: where the old file went
+        # The offsets table as last read or committed: the next offset to read per
+        # (topic, partition). The one record of positions; nothing else keeps its own.
+        self.offsets: dict[tuple[str, int], int] = {}
 
     @property
     def revision_floor(self) -> int:
@@ -194,12 +197,16 @@ class Store:
                 watches=dict(cur.execute("SELECT name, state FROM watches")),
             )
 
-        return self._transaction("load", read, "BEGIN")
+        loaded = self._transaction("load", read, "BEGIN")
+        self.offsets = dict(loaded.offsets)
+        return loaded
 
     def commit(self, batch: Batch) -> list[int]:
         if batch.empty():
             return []
-        return self._transaction("commit", lambda cur: _write(cur, batch))
+        ids = self._transaction("commit", lambda cur: _write(cur, batch))
+        self.offsets.update(batch.offsets)  # only once the transaction holds them
+        return ids
 
     def confirm(self, ids: Iterable[int]) -> None:
         rows = [(i,) for i in ids]

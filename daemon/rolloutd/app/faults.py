@@ -16,14 +16,11 @@ from __future__ import annotations
 import logging
 import traceback
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rolloutd.core.decisions import Decision
-from rolloutd.core.engine import DROP_REASONS, FUTURE, Engine, EngineStats
-from rolloutd.core.events import Event
-from rolloutd.core.intake import Guard
+from rolloutd.core.engine import DROP_REASONS, EngineStats
 
 log = logging.getLogger("rolloutd.pipeline")
 
@@ -67,14 +64,6 @@ def count_drops(
             dropped[(source, reason)] += new - old
 
 
-def index_of(payloads: Sequence[bytes | None], payload: bytes) -> int:
-    """The position of `payload` (this very object) in `payloads`; -1 if it is not there."""
-    for index, candidate in enumerate(payloads):
-        if candidate is payload:
-            return index
-    return -1
-
-
 def report_failure(failed: Counter[str], source: str, where: str, exc: Exception) -> None:
     """Count one event whose handling raised, and log it (the first few, then a sample)."""
     count = failed[source] + 1
@@ -101,53 +90,3 @@ def describe_error(exc: Exception) -> str:
         frame = frames[-1]
         at = f" (raised in {frame.name}, {Path(frame.filename).name}:{frame.lineno})"
     return f"{type(exc).__name__}: {text}{at}"
-
-
-def guard_for(
-    source: str,
-    origin: Origin,
-    now: float,
-    max_future_skew: float,
-    failed: Counter[str],
-    reject: Callable[[str, str, str], None],
-) -> Guard:
-    """The intake's guard for one batch of `source` at `now`."""
-
-    def future(event: Event) -> None:
-        reject(
-            source,
-            "future_timestamp",
-            f"ts {event.ts!r} is more than {max_future_skew:g}s after the clock ({now!r})"
-            " - at `$.ts`",
-        )
-
-    def failure(index: int, exc: Exception) -> None:
-        report_failure(failed, source, origin.describe(index), exc)
-
-    return Guard(now + max_future_skew, future, failure)
-
-
-def take_decoded(
-    engine: Engine,
-    events: Sequence[Event],
-    now: float,
-    guard: Guard,
-    index: Callable[[], int],
-    decided: Callable[[Event, list[Decision]], None],
-) -> int:
-    """The intake's guarded loop for the events of one payload decoded on the slow path (an
-    array, say); `index` finds the payload's position if one fails. The events taken."""
-    taken = 0
-    for event in events:
-        try:
-            decisions = engine.handle(event, now, guard.latest)
-        except Exception as exc:  # as in the intake's fast path: skip it, never stop
-            guard.failed(index(), exc)
-            continue
-        if decisions is FUTURE:
-            guard.future(event)
-            continue
-        taken += 1
-        if decisions:
-            decided(event, decisions)
-    return taken

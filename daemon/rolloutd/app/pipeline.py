@@ -6,10 +6,10 @@ Rules:
   engine state that changed, the offsets consumed, the new flag revisions and the messages
   to publish (the outbox). Only after that does anything leave the process, so a crash at
   any point loses nothing and repeats nothing.
-* Flag state is published per change: after each event (or tick) whose decisions moved a
-  rollout's percent or phase, one message with the rollout's state and the next revision of
-  its flag. Revisions only grow, across restarts, and across a lost state file: a new store's
-  revisions start above its epoch's floor (see store.py).
+* One way in, one way out. Payloads go through `core.intake.take` once, which returns the
+  decisions and the rejections; `messages.py` builds every message from the decisions
+  alone (flag state per change, breaker state, the audit, alerts); this module counts,
+  logs and commits.
 * Bad input is counted and skipped (`invalid`), never raised. An event dated more than
   `max_future_skew` after the caller's `now` is rejected (`future_timestamp`). An event whose
   handling raises anyway is counted (`failed`) and skipped (see faults.py); what the engine
@@ -28,67 +28,29 @@ import msgspec
 import structlog
 
 from rolloutd.adapters.cdc.debezium import ChangeEvent, decode_change
-from rolloutd.adapters.notify import AlertRecord, daemon_alert, route, trigger_alert
+from rolloutd.adapters.notify import AlertRecord
 from rolloutd.adapters.store import Batch, OutboxItem, Store
 from rolloutd.app.cdc import CdcRouter
-from rolloutd.app.faults import (
-    Origin,
-    count_drops,
-    drops,
-    guard_for,
-    index_of,
-    report_failure,
-    take_decoded,
-)
+from rolloutd.app.faults import Origin, count_drops, drops, report_failure
+from rolloutd.app.messages import FlagState, Messages, Positions, Revisions, Sinks
 from rolloutd.config import Alert, FlagTable
-from rolloutd.core import intake
+from rolloutd.core import flagwatch, intake
 from rolloutd.core.decisions import (
-    AlertDecision,
-    BreakerDecision,
     ConfigDecision,
     Decision,
     FlagDecision,
-    PercentDecision,
-    TriggerDecision,
-    encode,
-    whole,
+    rolled_back_by,
+    to_dict,
 )
 from rolloutd.core.engine import Engine
-from rolloutd.core.events import Command, CommandName, Event, Rejection, decode_many
+from rolloutd.core.events import Command, CommandName, Rejection
 from rolloutd.core.flagwatch import CONFIRMED, FlagWatch, Observation
-from rolloutd.core.outbound import Sink
 from rolloutd.core.spec import EngineSpec
 
 log = logging.getLogger("rolloutd.pipeline")
 decision_log = structlog.get_logger("rolloutd.decisions")
 
 MAX_PAYLOAD_BYTES = 1 << 20
-
-
-class BreakerState(msgspec.Struct, frozen=True):
-    breaker: str
-    state: str
-    revision: int
-    ts: float
-
-
-class FlagState(msgspec.Struct, frozen=True):
-    flag: str
-    percent: float | int
-    rollout: str
-    phase: str
-    revision: int
-    ts: float
-
-
-@dataclass(frozen=True, slots=True)
-class Sinks:
-    """Where messages go; None: not published there."""
-
-    flags_topic: str | None = None  # flag state, and breaker state keyed "breaker:<name>"
-    decisions_topic: str | None = None
-    mqtt_flags_prefix: str | None = None
-    mqtt_breakers_prefix: str | None = None
 
 
 @dataclass(slots=True)
@@ -108,10 +70,6 @@ class PipelineStats:
 RECENT = 50  # decisions kept per rollout for the admin API
 CDC_STATE = "cdc"  # the migration checkers' state: its row in the store's watches
 FLAGS_STATE = "flag_table"  # the flag table watch's state, likewise
-
-
-def _whole(value: float | None) -> float | int | None:
-    return None if value is None else whole(value)
 
 
 @dataclass(slots=True)
@@ -154,6 +112,7 @@ class Pipeline:
         checkpoint: float = 0.0,
         max_future_skew: float = 300.0,
         on_flags: Callable[[list[FlagState]], None] | None = None,
+        confirm_delay: Callable[[float], None] | None = None,
     ) -> None:
         self.spec = spec
         self.max_future_skew = max_future_skew  # events dated later than now + this: rejected
@@ -164,31 +123,36 @@ class Pipeline:
         self._written_at = -math.inf
         self.cdc = cdc  # migrations watched through CDC topics
         self.flags = flags  # the flag table, watched through its CDC topic
-        self.alerts = alerts  # notifiers: every alert decision becomes outbox rows for them
         self.store = store
-        self.sinks = sinks
         self.latency = latency  # observes event time -> decision, in seconds
+        self.confirm_delay = confirm_delay  # observes decision -> flag table, in seconds
+        self.on_flags = on_flags  # flag delivery: the flag states of each commit, after it
         self.stats = PipelineStats()
         self.recent: dict[str, deque[Decision]] = {}
         loaded = store.load()
         self.engine = Engine.restore_parts(spec, loaded.engine, loaded.rollouts)
-        self.revisions = dict(loaded.revisions)
-        self.revision_floor = store.revision_floor
-        self.offsets = dict(loaded.offsets)
+        self._revisions = Revisions(loaded.revisions, store.revision_floor)
+        self.messages = Messages(
+            sinks, alerts, spec, Positions(self.engine.rollouts), self._revisions
+        )
         self.unpublished: list[OutboxItem] = list(loaded.outbox)
         self.restored = loaded.engine is not None
         if cdc is not None and CDC_STATE in loaded.watches:
             cdc.load(msgspec.json.decode(loaded.watches[CDC_STATE]))
         if flags is not None and FLAGS_STATE in loaded.watches:
             flags.watch.load(msgspec.json.decode(loaded.watches[FLAGS_STATE]))
-        self._outbox: list[tuple[Sink, bytes | None, bytes, bool]] = []
         self._cdc_changed = False
         self._flags_changed = False
-        self.confirm_delay: Callable[[float], None] | None = None
-        self._revisions: dict[str, int] = {}
-        # Flag delivery (adapters/delivery): the flag states of each commit, after it.
-        self.on_flags = on_flags
-        self._flag_states: list[FlagState] = []
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        """The next offset to read per (topic, partition): what the store holds, and what the
+        engine has taken but waits for a checkpoint."""
+        return {**self.store.offsets, **self._pending}
+
+    @property
+    def revisions(self) -> dict[str, int]:
+        """Each flag's and breaker's latest revision."""
+        return self._revisions.current
 
     # -- entry points -------------------------------------------------------------------
     def start(self, now: float) -> list[OutboxItem]:
@@ -217,7 +181,7 @@ class Pipeline:
                 self._ingest_cdc(topic, keys, values, now, origin)
             else:
                 self._ingest_events("kafka", values, now, origin)
-        if not self._outbox and now - self._written_at < self.checkpoint:
+        if not self.messages.out.rows and now - self._written_at < self.checkpoint:
             self._pending.update(offsets)  # replayable from Kafka: written with the next
             self.stats.deferred += 1
             return []
@@ -226,6 +190,128 @@ class Pipeline:
     def flush(self) -> list[OutboxItem]:
         """Write what waits for a checkpoint (at shutdown)."""
         return self._commit({}) if self._pending else []
+
+    def ingest(
+        self,
+        source: str,
+        payloads: Sequence[bytes | None],
+        now: float,
+        offsets: dict[tuple[str, int], int] | None = None,
+        topic: str | None = None,
+    ) -> list[OutboxItem]:
+        now = self._monotonic(now)
+        self._ingest_events(source, payloads, now, Origin(topic))
+        return self._commit(offsets or {})
+
+    def command(
+        self,
+        rollout: str,
+        command: CommandName,
+        now: float,
+        actor: str | None = None,
+        percent: float | None = None,
+        full: bool = False,
+    ) -> tuple[list[Decision], list[OutboxItem]]:
+        """An operator's command (admin API): its decisions, and the messages to publish."""
+        now = self._monotonic(now)
+        event = Command(
+            ts=now, rollout=rollout, command=command, actor=actor, percent=percent, full=full
+        )
+        decisions = self.engine.handle(event, now)
+        self._decided(decisions)
+        return decisions, self._commit({})
+
+    def breaker_command(
+        self, name: str, command: str, now: float
+    ) -> tuple[list[Decision], list[OutboxItem]]:
+        decisions = self.engine.breaker_command(name, command, self._monotonic(now))
+        self._decided(decisions)
+        return decisions, self._commit({})
+
+    def reconfigure(self, spec: EngineSpec, now: float) -> list[OutboxItem]:
+        """Apply a new config: unchanged rollouts keep their state; changed ones keep their
+        phase, step and the windows their triggers still read; removed ones stop (their flag
+        is left as it is); new ones start. Each change is a `config` decision."""
+        if spec.bucket != self.spec.bucket:
+            raise ValueError("engine.bucket cannot change on reload: restart the daemon")
+        now = self._monotonic(now)
+        old = self.engine
+        decisions: list[Decision] = old.advance(now)
+        self._decided(decisions)  # what was due under the old config, with its messages
+        parts = {r.spec.name: old.snapshot_rollout(r.spec.name) for r in old.rollouts}
+        engine = Engine.restore_parts(spec, old.snapshot_global(), parts)
+        before = {r.name: r for r in self.spec.rollouts}
+        after = {r.name: r for r in spec.rollouts}
+        changes: list[Decision] = [
+            _config(now, name, "removed", "no longer in the config; its flag is left as it is")
+            for name in before.keys() - after.keys()
+        ]
+        for name in [r.name for r in spec.rollouts]:
+            if name not in before:
+                changes.append(_config(now, name, "added", "new in the config"))
+            elif before[name] != after[name]:
+                changes.append(_config(now, name, "changed", "its definition changed"))
+        self.engine, self.spec = engine, spec
+        messages = self.messages
+        messages.positions = Positions(engine.rollouts)
+        messages.reconfigure(spec, messages.alerts)
+        self._decided(changes + engine.start_new(now))
+        removed = before.keys() - after.keys()
+        return self._commit({}, rewrite_all=True, drop=removed)
+
+    def tick(self, now: float) -> list[OutboxItem]:
+        now = self._monotonic(now)
+        decisions = self.engine.advance(now)
+        if self.cdc is not None:
+            before = drops(self.engine.stats)
+            for event in self.cdc.tick(now):
+                decisions += self.engine.handle(event, now)
+            count_drops(self.stats.dropped, "cdc", before, self.engine.stats)
+            self._cdc_changed = True
+        if decisions:
+            self._decided(decisions)
+        if self.flags is not None:
+            for seen in self.flags.watch.advance(now):
+                self._flag_observed(seen, now)
+            self._flags_changed = True
+        return self._commit({})
+
+    def notify(self, alerts: Sequence[Alert]) -> None:
+        """The notifiers alerts go to from now on (after a reload)."""
+        self.messages.reconfigure(self.spec, alerts)
+
+    def daemon_alert(self, record: AlertRecord) -> list[OutboxItem]:
+        """An alert about the daemon itself (a rejected reload, say), through the outbox."""
+        self.messages.alert(record)
+        return self._commit({})
+
+    def confirm(self, ids: Iterable[int]) -> None:
+        self.store.confirm(ids)
+
+    def summary(self) -> str:
+        stats = self.stats
+        events = ", ".join(f"{src} {n}" for src, n in sorted(stats.events.items())) or "none"
+        invalid = ", ".join(f"{src}/{why} {n}" for (src, why), n in sorted(stats.invalid.items()))
+        decided = ", ".join(f"{kind} {n}" for kind, n in sorted(stats.decisions.items()))
+        return f"events: {events}; invalid: {invalid or 'none'}; decisions: {decided or 'none'}"
+
+    # -- the sources --------------------------------------------------------------------
+    def _ingest_events(
+        self, source: str, payloads: Sequence[bytes | None], now: float, origin: Origin
+    ) -> None:
+        before = drops(self.engine.stats)
+        taken = intake.take(self.engine, payloads, now, MAX_PAYLOAD_BYTES, self.max_future_skew)
+        count_drops(self.stats.dropped, source, before, self.engine.stats)
+        self.stats.events[source] += taken.events
+        for _, rejection in taken.rejected:
+            self._reject(source, rejection.reason, rejection.detail)
+        for index, exc in taken.failed:
+            report_failure(self.stats.failed, source, origin.describe(index), exc)
+        latency = self.latency
+        for ts, decisions in taken.decided:
+            if latency is not None:
+                latency(max(0.0, now - ts))
+            self._decided(decisions)
 
     def _ingest_cdc(
         self,
@@ -274,189 +360,48 @@ class Pipeline:
         self._flags_changed = True
 
     def _flag_observed(self, seen: Observation, now: float) -> None:
-        """Record what the table holds; act on drift by the rollout's policy."""
+        """What the table holds, as a decision with the rollout's drift policy."""
         assert self.flags is not None
         name = self.flags.rollout_of[seen.flag]
-        policy = self.flags.policy[name] if seen.status != CONFIRMED else None
-        if policy == "adopt" and seen.observed is None:
-            policy = "alert"  # nothing to adopt
-        decision = FlagDecision(
-            ts=now,
-            kind="flag",
-            rollout=name,
-            flag=seen.flag,
-            status=seen.status,
-            percent=_whole(seen.decided),
-            observed=_whole(seen.observed),
-            delay=seen.delay,
-            action=policy,
-        )
+        decision, adopt = flagwatch.decide(seen, name, self.flags.policy[name], now)
         decisions: list[Decision] = [decision]
-        if seen.status == CONFIRMED:
-            self.stats.flag_confirmed += 1
-            if self.confirm_delay is not None and seen.delay is not None:
-                self.confirm_delay(seen.delay)
-        else:
-            self.stats.flag_drift[name] += 1
-        if policy == "adopt":
-            assert seen.observed is not None
-            command = Command(
-                ts=now,
-                rollout=name,
-                command="set_percent",
-                actor="flag-table",
-                percent=seen.observed,
-            )
-            decisions += self.engine.handle(command, now)
-        self._decided(decisions)
-        if policy == "revert":
-            self._flag_message(name, now)
-        elif policy == "alert":
-            record = daemon_alert(
-                f"drift/{seen.flag}",
-                "firing",
-                f"flag {seen.flag} of {name}: table holds {seen.observed}, decided "
-                f"{seen.decided} ({seen.status})",
-                now,
-                severity="warning",
-            )
-            self._outbox.extend(route(self.alerts, record))
-
-    def ingest(
-        self,
-        source: str,
-        payloads: Sequence[bytes | None],
-        now: float,
-        offsets: dict[tuple[str, int], int] | None = None,
-        topic: str | None = None,
-    ) -> list[OutboxItem]:
-        now = self._monotonic(now)
-        self._ingest_events(source, payloads, now, Origin(topic))
-        return self._commit(offsets or {})
-
-    def _ingest_events(
-        self, source: str, payloads: Sequence[bytes | None], now: float, origin: Origin
-    ) -> None:
-        def slow(payload: bytes | None) -> int:
-            return self._ingest_slowly(source, payload, now, guard, payloads)
-
-        def decided(event: Event, decisions: list[Decision]) -> None:
-            self._decided_by(event, decisions, now)
-
-        skew, failed = self.max_future_skew, self.stats.failed
-        guard = guard_for(source, origin, now, skew, failed, self._reject)
-        before = drops(self.engine.stats)
-        taken = intake.take(self.engine, payloads, now, MAX_PAYLOAD_BYTES, slow, decided, guard)
-        count_drops(self.stats.dropped, source, before, self.engine.stats)
-        self.stats.events[source] += taken
-
-    def _ingest_slowly(
-        self,
-        source: str,
-        payload: bytes | None,
-        now: float,
-        guard: intake.Guard,
-        payloads: Sequence[bytes | None],
-    ) -> int:
-        """No payload, too large, an array of events, or something to reject: the events
-        taken."""
-        if payload is None:
-            self._reject(source, "empty", "no payload")
-            return 0
-        if len(payload) > MAX_PAYLOAD_BYTES:
-            self._reject(source, "too_large", f"{len(payload)} bytes")
-            return 0
-        events, rejections = decode_many(payload)
-        for rejection in rejections:
-            self._reject(source, rejection.reason, rejection.detail)
-
-        def decided(event: Event, decisions: list[Decision]) -> None:
-            self._decided_by(event, decisions, now)
-
-        def index() -> int:
-            return index_of(payloads, payload)
-
-        return take_decoded(self.engine, events, now, guard, index, decided)
-
-    def _decided_by(self, event: Event, decisions: list[Decision], now: float) -> None:
-        if self.latency is not None:
-            self.latency(max(0.0, now - event.ts))
+        if adopt is not None:
+            decisions += self.engine.handle(adopt, now)
         self._decided(decisions)
 
-    def command(
-        self,
-        rollout: str,
-        command: CommandName,
-        now: float,
-        actor: str | None = None,
-        percent: float | None = None,
-        full: bool = False,
-    ) -> tuple[list[Decision], list[OutboxItem]]:
-        """An operator's command (admin API): its decisions, and the messages to publish."""
-        now = self._monotonic(now)
-        event = Command(
-            ts=now, rollout=rollout, command=command, actor=actor, percent=percent, full=full
-        )
-        decisions = self.engine.handle(event, now)
-        self._decided(decisions)
-        return decisions, self._commit({})
-
-    def reconfigure(self, spec: EngineSpec, now: float) -> list[OutboxItem]:
-        """Apply a new config: unchanged rollouts keep their state; changed ones keep their
-        phase, step and the windows their triggers still read; removed ones stop (their flag
-        is left as it is); new ones start. Each change is a `config` decision."""
-        if spec.bucket != self.spec.bucket:
-            raise ValueError("engine.bucket cannot change on reload: restart the daemon")
-        now = self._monotonic(now)
-        old = self.engine
-        decisions: list[Decision] = old.advance(now)
-        parts = {r.spec.name: old.snapshot_rollout(r.spec.name) for r in old.rollouts}
-        engine = Engine.restore_parts(spec, old.snapshot_global(), parts)
-        before = {r.name: r for r in self.spec.rollouts}
-        after = {r.name: r for r in spec.rollouts}
-        for name in before.keys() - after.keys():
-            decisions.append(
-                _config(now, name, "removed", "no longer in the config; its flag is left as it is")
-            )
-        for name in [r.name for r in spec.rollouts]:
-            if name not in before:
-                decisions.append(_config(now, name, "added", "new in the config"))
-            elif before[name] != after[name]:
-                decisions.append(_config(now, name, "changed", "its definition changed"))
-        self.engine, self.spec = engine, spec
-        decisions += engine.start_new(now)
-        self._decided(decisions)
-        removed = before.keys() - after.keys()
-        return self._commit({}, rewrite_all=True, drop=removed)
-
-    def tick(self, now: float) -> list[OutboxItem]:
-        now = self._monotonic(now)
-        decisions = self.engine.advance(now)
-        if self.cdc is not None:
-            before = drops(self.engine.stats)
-            for event in self.cdc.tick(now):
-                decisions += self.engine.handle(event, now)
-            count_drops(self.stats.dropped, "cdc", before, self.engine.stats)
-            self._cdc_changed = True
-        if decisions:
-            self._decided(decisions)
-        if self.flags is not None:
-            for seen in self.flags.watch.advance(now):
-                self._flag_observed(seen, now)
-            self._flags_changed = True
-        return self._commit({})
-
-    def confirm(self, ids: Iterable[int]) -> None:
-        self.store.confirm(ids)
-
-    def summary(self) -> str:
+    # -- decisions ----------------------------------------------------------------------
+    def _decided(self, decisions: list[Decision]) -> None:
+        """One call's decisions: recorded, counted, logged, and their messages built."""
         stats = self.stats
-        events = ", ".join(f"{src} {n}" for src, n in sorted(stats.events.items())) or "none"
-        invalid = ", ".join(f"{src}/{why} {n}" for (src, why), n in sorted(stats.invalid.items()))
-        decided = ", ".join(f"{kind} {n}" for kind, n in sorted(stats.decisions.items()))
-        return f"events: {events}; invalid: {invalid or 'none'}; decisions: {decided or 'none'}"
+        for decision in decisions:
+            stats.decisions[decision.kind] += 1
+            decision_log.info("decision", **to_dict(decision))
+            if not decision.rollout:
+                continue  # a breaker's
+            recent = self.recent.get(decision.rollout)
+            if recent is None:
+                recent = self.recent[decision.rollout] = deque(maxlen=RECENT)
+            recent.append(decision)
+            trigger = rolled_back_by(decision)
+            if trigger is not None:
+                stats.rollbacks[(decision.rollout, trigger)] += 1
+            elif isinstance(decision, FlagDecision):
+                self._flag_checked(decision)
+        self.messages.decided(decisions)
+        if self.flags is not None and self.messages.out.expected:
+            for flag, percent, ts in self.messages.out.expected:
+                self.flags.watch.expect(flag, percent, ts)
+            self.messages.out.expected.clear()
+            self._flags_changed = True
 
-    # -- internals ----------------------------------------------------------------------
+    def _flag_checked(self, decision: FlagDecision) -> None:
+        if decision.status == CONFIRMED:
+            self.stats.flag_confirmed += 1
+            if self.confirm_delay is not None and decision.delay is not None:
+                self.confirm_delay(decision.delay)
+        else:
+            self.stats.flag_drift[decision.rollout] += 1
+
     def _reject(self, source: str, reason: str, detail: str) -> None:
         count = self.stats.invalid[(source, reason)] + 1
         self.stats.invalid[(source, reason)] = count
@@ -468,103 +413,7 @@ class Pipeline:
         current = self.engine.now
         return now if current is None or now > current else current
 
-    def _decided(self, decisions: list[Decision]) -> None:
-        moved: dict[str, float] = {}
-        measured: dict[tuple[str, str, float], TriggerDecision] = {}
-        alerts: list[AlertDecision] = []
-        for decision in decisions:
-            self.stats.decisions[decision.kind] += 1
-            if isinstance(decision, BreakerDecision):
-                self._breaker_message(decision)
-                continue
-            self._audit(decision)
-            if decision.kind in ("percent", "phase"):
-                moved[decision.rollout] = decision.ts
-            elif isinstance(decision, TriggerDecision):
-                measured[(decision.rollout, decision.trigger, decision.ts)] = decision
-            elif isinstance(decision, AlertDecision):
-                alerts.append(decision)
-        for name, ts in moved.items():
-            self._flag_message(name, ts)
-        for alert in alerts:
-            self._alert(alert, measured.get((alert.rollout, alert.trigger, alert.ts)))
-
-    def _audit(self, decision: Decision) -> None:
-        """A rollout's decision: kept among its recent ones, counted, logged, published."""
-        recent = self.recent.get(decision.rollout)
-        if recent is None:
-            recent = self.recent[decision.rollout] = deque(maxlen=RECENT)
-        recent.append(decision)
-        if isinstance(decision, PercentDecision) and decision.reason.startswith("rollback: "):
-            self.stats.rollbacks[(decision.rollout, decision.reason[10:])] += 1
-        payload = encode(decision)
-        decision_log.info("decision", **msgspec.json.decode(payload))
-        if self.sinks.decisions_topic is not None:
-            topic = Sink.kafka(self.sinks.decisions_topic)
-            self._outbox.append((topic, decision.rollout.encode(), payload, False))
-
-    def _alert(self, alert: AlertDecision, measured: TriggerDecision | None) -> None:
-        if not self.alerts:
-            return
-        rollout = self.engine.rollout(alert.rollout)
-        spec = next((t.spec for t in rollout.triggers if t.spec.name == alert.trigger), None)
-        record = trigger_alert(
-            alert, spec=spec, measured=measured, percent=rollout.percent, phase=rollout.phase
-        )
-        self._outbox.extend(route(self.alerts, record))
-
-    def daemon_alert(self, record: AlertRecord) -> list[OutboxItem]:
-        """An alert about the daemon itself (a rejected reload, say), through the outbox."""
-        self._outbox.extend(route(self.alerts, record))
-        return self._commit({})
-
-    def _breaker_message(self, decision: BreakerDecision) -> None:
-        """Audit it, and publish the breaker's state for the services to obey."""
-        payload = encode(decision)
-        decision_log.info("decision", **msgspec.json.decode(payload))
-        key = f"breaker:{decision.breaker}"
-        if self.sinks.decisions_topic is not None:
-            topic = Sink.kafka(self.sinks.decisions_topic)
-            self._outbox.append((topic, key.encode(), payload, False))
-        revision = self._next_revision(key)
-        state = msgspec.json.encode(
-            BreakerState(decision.breaker, decision.state, revision, decision.ts)
-        )
-        if self.sinks.flags_topic is not None:
-            self._outbox.append((Sink.kafka(self.sinks.flags_topic), key.encode(), state, False))
-        if self.sinks.mqtt_breakers_prefix is not None:
-            topic = Sink.mqtt(f"{self.sinks.mqtt_breakers_prefix}/{decision.breaker}")
-            self._outbox.append((topic, None, state, True))
-
-    def breaker_command(
-        self, name: str, command: str, now: float
-    ) -> tuple[list[Decision], list[OutboxItem]]:
-        decisions = self.engine.breaker_command(name, command, self._monotonic(now))
-        self._decided(decisions)
-        return decisions, self._commit({})
-
-    def _next_revision(self, key: str) -> int:
-        revision = max(self.revisions.get(key, 0), self.revision_floor) + 1
-        self.revisions[key] = self._revisions[key] = revision
-        return revision
-
-    def _flag_message(self, name: str, ts: float) -> None:
-        rollout = self.engine.rollout(name)
-        flag = rollout.spec.flag
-        revision = self._next_revision(flag)
-        state = FlagState(flag, whole(rollout.percent), name, rollout.phase, revision, ts)
-        if self.flags is not None:
-            self.flags.watch.expect(flag, rollout.percent, ts)
-            self._flags_changed = True
-        self._flag_states.append(state)  # for flag delivery, once committed
-        payload = msgspec.json.encode(state)
-        if self.sinks.flags_topic is not None:
-            topic = Sink.kafka(self.sinks.flags_topic)
-            self._outbox.append((topic, flag.encode(), payload, False))
-        if self.sinks.mqtt_flags_prefix is not None:
-            topic = Sink.mqtt(f"{self.sinks.mqtt_flags_prefix}/{flag}")
-            self._outbox.append((topic, None, payload, True))
-
+    # -- the one transaction ------------------------------------------------------------
     def _commit(
         self,
         offsets: dict[tuple[str, int], int],
@@ -588,24 +437,22 @@ class Pipeline:
         if self.flags is not None and self._flags_changed:
             watches[FLAGS_STATE] = msgspec.json.encode(self.flags.watch.dump())
             self._flags_changed = False
+        out = self.messages.take()
         batch = Batch(
             engine=engine.snapshot_global(),
             rollouts=parts,
             drop_rollouts=drop or set(),
-            revisions=self._revisions,
+            revisions=self._revisions.take_new(),
             offsets=offsets,
-            outbox=self._outbox,
+            outbox=out.rows,
             watches=watches,
         )
         ids = self.store.commit(batch)
-        self.offsets.update(offsets)
         items = [
             OutboxItem(id=i, sink=sink, key=key, payload=payload, retain=retain)
-            for i, (sink, key, payload, retain) in zip(ids, self._outbox, strict=True)
+            for i, (sink, key, payload, retain) in zip(ids, out.rows, strict=True)
         ]
-        self._outbox, self._revisions = [], {}
         self.stats.batches += 1
-        flag_states, self._flag_states = self._flag_states, []
         if self.on_flags is not None:  # flag delivery sees only what the store holds
-            self.on_flags(flag_states)
+            self.on_flags(out.flag_states)
         return items

@@ -47,7 +47,8 @@ from rolloutd.adapters.store import Store, StoreError
 from rolloutd.adapters.systemd import SystemdNotifier
 from rolloutd.app import gc_tuning, logs, logthrottle
 from rolloutd.app.cdc import CdcRouter
-from rolloutd.app.pipeline import FlagTableWatch, Pipeline, Sinks
+from rolloutd.app.messages import Sinks
+from rolloutd.app.pipeline import FlagTableWatch, Pipeline
 from rolloutd.app.publisher import Fanout, Publisher
 from rolloutd.app.state_notice import fresh_state_notice
 from rolloutd.config import Config, ConfigError, load_config
@@ -160,10 +161,10 @@ class Service:
             checkpoint=config.state.checkpoint,
             max_future_skew=config.sources.max_future_skew,
             on_flags=self.delivery.board.publish if self.delivery is not None else None,
+            confirm_delay=confirm_delay.observe,
         )
         if self.delivery is not None:  # the state at start, before any decision of this run
             self.delivery.board.seed(self.pipeline.engine.rollouts, self.pipeline.revisions)
-        self.pipeline.confirm_delay = confirm_delay.observe
         if cdc is not None:
             self.state.migrations = cdc.metrics
         self.alerts = AlertDispatcher(config.alerts, self.pipeline.confirm)
@@ -351,7 +352,7 @@ class Service:
         self.state.known = known_series(config)
         if self.delivery is not None:  # a removed rollout's flag leaves the documents
             self.delivery.board.retain({r.flag for r in config.rollouts})
-        self.pipeline.alerts = config.alerts
+        self.pipeline.notify(config.alerts)
         self.alerts.reconfigure(config.alerts)
         log.info("config reloaded: %d rollouts", len(config.rollouts))
         self.systemd.ready(f"{len(config.rollouts)} rollouts")
@@ -516,7 +517,6 @@ class Service:
             topics += [t for t in self.pipeline.cdc.topics if t not in topics]
         if self.pipeline.flags is not None and self.pipeline.flags.config.topic not in topics:
             topics.append(self.pipeline.flags.config.topic)
-        offsets = dict(self.pipeline.offsets)
         # A partition the store does not know is read from when the store was last written:
         # the start, for a new store; after a crash, what the lost run read but never
         # persisted is read again.
@@ -527,7 +527,7 @@ class Service:
         return KafkaConsumerLoop(
             source,
             topics,
-            offsets,
+            self.pipeline.positions,
             self._on_kafka,
             self._state("kafka"),
             started_at=written if written is not None else self.clock(),

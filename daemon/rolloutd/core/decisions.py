@@ -8,7 +8,7 @@ integers, so `25` never becomes `25.0`. Encoding is deterministic byte for byte.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 
@@ -105,9 +105,30 @@ def encode(decision: Decision) -> bytes:
 
 
 def to_dict(decision: Decision) -> dict[str, object]:
-    """One decision as a plain dict, in wire order."""
-    result: dict[str, object] = msgspec.json.decode(_encoder.encode(decision))
+    """One decision as a plain dict of what its JSON shows, in wire order (fields left at
+    their default are left out, as `encode` leaves them out), without encoding it."""
+    result: dict[str, object] = {}
+    for info in msgspec.structs.fields(decision):
+        value = getattr(decision, info.name)
+        if info.default is not msgspec.NODEFAULT and value == info.default:
+            continue
+        result[info.encode_name] = value
     return result
+
+
+ROLLBACK_REASON: Final = "rollback: "  # + the trigger: a trigger's rollback, on percent
+
+
+def rollback_reason(trigger: str) -> str:
+    """The percent decision's reason when `trigger` rolls its rollout back."""
+    return ROLLBACK_REASON + trigger
+
+
+def rolled_back_by(decision: Decision) -> str | None:
+    """The trigger whose rollback this percent decision is; None if it is none."""
+    if isinstance(decision, PercentDecision) and decision.reason.startswith(ROLLBACK_REASON):
+        return decision.reason[len(ROLLBACK_REASON) :]
+    return None
 
 
 class BreakerDecision(Decision, frozen=True, omit_defaults=True, kw_only=True):

@@ -7,15 +7,24 @@ Rules:
 * A decided percent that has not shown up `grace` seconds after the decision is drift too
   ("not applied"), judged at the first `advance` at or after the deadline.
 * Only the latest decision per flag is awaited: a newer one replaces it.
+* The drift policy is decided here too (`decide`): an observation becomes a `flag`
+  decision whose `action` says what follows (alert: an alert; revert: the decided state is
+  published again; adopt: a `set_percent` command to what the table holds, returned for
+  the engine). `adopt` with nothing observed falls back to `alert`.
 * Pure: time is an argument; results are values for the caller to act on.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
+
+from rolloutd.core.decisions import FlagDecision, whole
+from rolloutd.core.events import Command
 
 CONFIRMED, DRIFT, NOT_APPLIED = "confirmed", "drift", "not_applied"
+ALERT, REVERT, ADOPT = "alert", "revert", "adopt"  # the drift policies
+ACTOR: Final = "flag-table"  # who adopts
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,3 +85,34 @@ class FlagWatch:
         self.awaiting = {f: (v[0], v[1]) for f, v in data["awaiting"].items()}
         self.decided = dict(data["decided"])
         self.seen = dict(data["seen"])
+
+
+def _whole(value: float | None) -> float | int | None:
+    return None if value is None else whole(value)
+
+
+def decide(
+    seen: Observation, rollout: str, policy: str, now: float
+) -> tuple[FlagDecision, Command | None]:
+    """The observation as a decision, with `policy`'s action on drift; and for `adopt`, the
+    command that adopts what the table holds."""
+    action = None if seen.status == CONFIRMED else policy
+    if action == ADOPT and seen.observed is None:
+        action = ALERT  # nothing to adopt
+    decision = FlagDecision(
+        ts=now,
+        kind="flag",
+        rollout=rollout,
+        flag=seen.flag,
+        status=seen.status,
+        percent=_whole(seen.decided),
+        observed=_whole(seen.observed),
+        delay=seen.delay,
+        action=action,
+    )
+    command = None
+    if action == ADOPT:
+        command = Command(
+            ts=now, rollout=rollout, command="set_percent", actor=ACTOR, percent=seen.observed
+        )
+    return decision, command

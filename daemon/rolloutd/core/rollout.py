@@ -29,6 +29,7 @@ from rolloutd.core.decisions import (
     PhaseDecision,
     RefusedDecision,
     TriggerDecision,
+    rollback_reason,
     whole,
 )
 from rolloutd.core.machines import (
@@ -323,7 +324,7 @@ class RolloutRuntime:
         name = trig.spec.name
         action = trig.spec.action
         if action == "rollback" and self._accepts(TRIGGER_ROLLBACK):
-            self._stop(out, now, TRIGGER_ROLLBACK, f"rollback: {name}", name)
+            self._stop(out, now, TRIGGER_ROLLBACK, rollback_reason(name), name)
             self._alert(out, now, trig, "firing")
             return False
         if action == "pause" and self._accepts(TRIGGER_PAUSE):
