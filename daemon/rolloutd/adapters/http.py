@@ -49,6 +49,9 @@ class AdminContext:
     delivery: DeliveryRoutes | None = None  # flagd / Unleash endpoints; None: absent
 
 
+CTX = web.AppKey("ctx", AdminContext)
+
+
 def rollout_view(rollout: RolloutRuntime, recent: Sequence[Decision]) -> dict[str, Any]:
     """What the API shows of one rollout."""
     for trig in rollout.triggers:
@@ -82,7 +85,7 @@ def _finite(value: float | None) -> float | None:
 
 def build_app(ctx: AdminContext) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
-    app["ctx"] = ctx
+    app[CTX] = ctx
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -98,7 +101,7 @@ def build_app(ctx: AdminContext) -> web.Application:
 
 
 def _ctx(request: web.Request) -> AdminContext:
-    ctx: AdminContext = request.app["ctx"]
+    ctx: AdminContext = request.app[CTX]
     return ctx
 
 

@@ -11,13 +11,13 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 from rolloutd.adapters.backoff import Backoff
-from rolloutd.adapters.kafka import KafkaPublisher
-from rolloutd.adapters.mqtt import MqttLink, MqttUnavailable
+from rolloutd.adapters.mqtt import MqttUnavailable
 from rolloutd.adapters.notify import AlertDispatcher
 from rolloutd.adapters.store import OutboxItem
-from rolloutd.app.pipeline import Pipeline
 from rolloutd.core.outbound import SinkKind
 
 log = logging.getLogger("rolloutd.publisher")
@@ -26,21 +26,46 @@ CHUNK = 500
 WARN_EVERY = 30.0  # seconds between log lines while publishing keeps failing
 
 
+class KafkaOut(Protocol):
+    """A producer (adapters/kafka.KafkaPublisher, or app/memory's)."""
+
+    async def publish(self, messages: Sequence[tuple[str, bytes | None, bytes]]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class MqttOut(Protocol):
+    """An MQTT client (adapters/mqtt.MqttLink, or app/memory's)."""
+
+    async def publish(self, messages: Sequence[tuple[str, bytes, bool]]) -> None: ...
+
+
 class Publisher:
     """Sends outbox items in order, confirms them in the store, retries what failed."""
 
     def __init__(
-        self, pipeline: Pipeline, kafka: KafkaPublisher | None, mqtt: MqttLink | None
+        self,
+        confirm: Callable[[Iterable[int]], None],
+        kafka: KafkaOut | None,
+        mqtt: MqttOut | None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.pipeline = pipeline
+        self.confirm = confirm  # in the store: these rows left
         self.kafka = kafka
         self.mqtt = mqtt
+        self.monotonic = monotonic
         self.pending: deque[OutboxItem] = deque()
         self.wake = asyncio.Event()
         self.backoff = Backoff(first=0.05, cap=5.0)
         self.published = 0
         self.failing_since: float | None = None
-        self._warned = 0.0  # monotonic time of the first failure in a row
+        self._warned = 0.0  # monotonic time of the last warning
+
+    @property
+    def failing_for(self) -> float | None:
+        """Seconds since publishing started failing; None while it works."""
+        since = self.failing_since
+        return None if since is None else self.monotonic() - since
 
     def add(self, items: list[OutboxItem]) -> None:
         mine = [i for i in items if i.sink.kind is not SinkKind.ALERT]  # alerts: the dispatcher
@@ -55,7 +80,7 @@ class Publisher:
             while self.pending:
                 if not await self.send_some():
                     if self.failing_since is None:
-                        self.failing_since = time.monotonic()
+                        self.failing_since = self.monotonic()
                     await asyncio.sleep(self.backoff.next())
                 else:
                     self.failing_since = None
@@ -77,14 +102,14 @@ class Publisher:
                 break  # keep order: later items wait for the failed ones
             done.update(i.id for i in items)
         if done:
-            self.pipeline.confirm(sorted(done))
+            self.confirm(sorted(done))
             self.published += len(done)
             self.pending = deque(i for i in self.pending if i.id not in done)
         return len(done) == len(chunk)
 
     def _warn(self, sink: str, exc: Exception) -> None:
         """The first failure of a streak, then one line every WARN_EVERY seconds."""
-        now = time.monotonic()
+        now = self.monotonic()
         if self.failing_since is None or now - self._warned >= WARN_EVERY:
             self._warned = now
             waiting = len(self.pending)
@@ -102,14 +127,14 @@ class Publisher:
 
     async def flush(self, grace: float) -> bool:
         """Try to empty the outbox within `grace` seconds."""
-        deadline = time.monotonic() + grace
-        while self.pending and time.monotonic() < deadline:
+        deadline = self.monotonic() + grace
+        while self.pending and self.monotonic() < deadline:
             try:
-                sent = await asyncio.wait_for(self.send_some(), deadline - time.monotonic())
+                sent = await asyncio.wait_for(self.send_some(), deadline - self.monotonic())
             except TimeoutError:
                 break
             if not sent:
-                await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+                await asyncio.sleep(min(0.1, max(0.0, deadline - self.monotonic())))
         return not self.pending
 
 

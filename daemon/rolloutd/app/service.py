@@ -3,23 +3,22 @@
 Rules:
 * One supervisor. Every task belongs to the TaskGroup in `run`; if one dies, its siblings
   are cancelled and `run` returns non-zero with the reason logged.
-* The clock lives here. Sources and the ticker read it and hand `now` to the pipeline; the
-  ticker wakes at every bucket boundary so holds, bakes and sliding windows act on time even
-  when no event arrives.
-* SIGTERM / SIGINT: stop fetching, publish what is still in the outbox within the grace
-  period (what does not make it stays in the store and goes out after the next start),
-  close the store, return 0.
+* The clock lives here, injected (`app/clock.py`). Sources and the ticker read it and hand
+  `now` to the pipeline; the ticker wakes at every bucket boundary so holds, bakes and
+  sliding windows act on time even when no event arrives.
+* The parts come from `wiring.build`; readiness and daemon-level alerts from `health.py`;
+  reloads from `reload.py`.
+* SIGTERM / SIGINT (or `stop()`, with `handle_signals=False`): stop fetching, publish what
+  is still in the outbox within the grace period (what does not make it stays in the store
+  and goes out after the next start), close the store, return 0. `run(until_drained=True)`
+  with a `MemoryBroker` stops the same way once everything put was taken and published.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,43 +29,33 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from rolloutd import __version__
 from rolloutd.adapters import connections
-from rolloutd.adapters.delivery import build_delivery
 from rolloutd.adapters.http import AdminContext, build_app
 from rolloutd.adapters.kafka import (
     Fetched,
     KafkaConsumerLoop,
-    KafkaPublisher,
     Origins,
     instance_id,
 )
-from rolloutd.adapters.known_series import known_series
-from rolloutd.adapters.metrics import DaemonState, build_registry
-from rolloutd.adapters.mqtt import MqttLink
-from rolloutd.adapters.notify import AlertDispatcher, daemon_alert
-from rolloutd.adapters.store import Store, StoreError
+from rolloutd.adapters.notify import daemon_alert
+from rolloutd.adapters.store import StoreError
 from rolloutd.adapters.systemd import SystemdNotifier
-from rolloutd.app import gc_tuning, logs, logthrottle
-from rolloutd.app.cdc import CdcRouter
-from rolloutd.app.messages import Sinks
-from rolloutd.app.pipeline import FlagTableWatch, Pipeline
-from rolloutd.app.publisher import Fanout, Publisher
+from rolloutd.app import gc_tuning, logthrottle
+from rolloutd.app.clock import SYSTEM, Clock
+from rolloutd.app.health import HEALTH_EVERY, HealthAlerts, problems
+from rolloutd.app.memory import MemoryBroker
+from rolloutd.app.reload import Reloader
 from rolloutd.app.state_notice import fresh_state_notice
-from rolloutd.config import Config, ConfigError, load_config
+from rolloutd.app.wiring import build
+from rolloutd.config import Config
 from rolloutd.core.decisions import Decision
 from rolloutd.core.events import CommandName
-from rolloutd.core.flagwatch import FlagWatch
-from rolloutd.core.triggers import INSUFFICIENT
 from rolloutd.engine_build import engine_kind
 
 log = logging.getLogger("rolloutd.service")
 
-Clock = Callable[[], float]
 DEFAULT_GRACE = 10.0
-RELOAD_POLL = 2.0  # seconds between looks at the config file's modification time
-HEALTH_EVERY = 5.0  # seconds between checks for daemon-level alerts
-PUBLISH_ALERT_AFTER = 60.0  # publishing failing this long pages
-STALL_AFTER = 600.0  # a rollout this far past its hold (or one hold, if longer) is stalled
 COMPACT_EVERY = 300.0  # seconds between WAL checkpoints of the state store
+DRAINED_POLL = 0.01  # seconds between looks at a memory broker's inbox and the outbox
 
 
 class ListenError(Exception):
@@ -77,135 +66,56 @@ class _Stop(Exception):
     """A shutdown signal arrived."""
 
 
-@dataclass(slots=True)
-class Health:
-    """What readiness is made of."""
-
-    started: bool = False
-    sources: dict[str, bool] = field(default_factory=dict)
-    reasons: dict[str, str] = field(default_factory=dict)  # why a source is not up
-
-    @property
-    def ready(self) -> bool:
-        return self.started and all(self.sources.values())
-
-
-def _mtime(path: Path) -> float | None:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return None
-
-
-def sinks_of(config: Config) -> Sinks:
-    kafka, mqtt = config.sinks.kafka, config.sinks.mqtt
-    return Sinks(
-        flags_topic=kafka.flags_topic if kafka else None,
-        decisions_topic=kafka.decisions_topic if kafka else None,
-        mqtt_flags_prefix=mqtt.flags_prefix if mqtt else None,
-        mqtt_breakers_prefix=_sibling(mqtt.flags_prefix, "breakers") if mqtt else None,
-    )
-
-
-def _sibling(prefix: str, name: str) -> str:
-    """rollouts/flags -> rollouts/breakers."""
-    parent, _, _ = prefix.rstrip("/").rpartition("/")
-    return f"{parent}/{name}" if parent else name
-
-
 class Service:
     def __init__(
         self,
         config: Config,
         *,
         fresh: bool = False,
-        clock: Clock = time.time,
+        clock: Clock = SYSTEM,
         grace: float = DEFAULT_GRACE,
         config_path: Path | None = None,
+        handle_signals: bool = True,
+        memory: MemoryBroker | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path  # for reloads; None: no reload
+        self.handle_signals = handle_signals  # False: stop with stop(), SIGHUP is not ours
+        self.memory = memory  # in place of every broker connection (tests)
         self.systemd = SystemdNotifier()
-        self.reload_requested = asyncio.Event()
         self.http_up = asyncio.Event()
-        self.clock = clock
+        self.clock = clock.now
+        self.monotonic = clock.monotonic
         self.grace = grace
-        self.health = Health()
-        self.store = Store.open(config.state.path, fresh=fresh)
         self.fresh = fresh
-        self.state = DaemonState(
-            ready=lambda: self.health.ready,
-            known=known_series(config),
-            sources=lambda: self.health.sources,
-        )
-        self.registry, latency, confirm_delay = build_registry(lambda: self.pipeline, self.state)
-        cdc = CdcRouter(tuple(m.wiring() for m in config.migrations)) if config.migrations else None
-        flags = None
-        if config.flag_table is not None:
-            flags = FlagTableWatch(
-                config.flag_table,
-                FlagWatch(config.flag_table.grace),
-                rollout_of={r.flag: r.name for r in config.rollouts},
-                policy={r.name: r.drift for r in config.rollouts},
-            )
-        # Flag delivery (flagd document, Unleash client API): fed after each commit.
-        self.delivery = build_delivery(config.delivery, self.registry, clock, self._on_unleash)
-        self.pipeline = Pipeline(
-            config.to_spec(),
-            self.store,
-            sinks_of(config),
-            latency.observe,
-            config.alerts,
-            cdc,
-            flags,
-            checkpoint=config.state.checkpoint,
-            max_future_skew=config.sources.max_future_skew,
-            on_flags=self.delivery.board.publish if self.delivery is not None else None,
-            confirm_delay=confirm_delay.observe,
-        )
-        if self.delivery is not None:  # the state at start, before any decision of this run
-            self.delivery.board.seed(self.pipeline.engine.rollouts, self.pipeline.revisions)
-        if cdc is not None:
-            self.state.migrations = cdc.metrics
-        self.alerts = AlertDispatcher(config.alerts, self.pipeline.confirm)
-        self.state.alerts_sent = self.alerts.sent
+        parts = self.parts = build(config, clock, fresh=fresh, memory=memory)
+        self.store, self.health, self.state = parts.store, parts.health, parts.state
+        self.registry, self.pipeline, self.delivery = parts.registry, parts.pipeline, parts.delivery
+        self.alerts, self.kafka_out, self.mqtt = parts.alerts, parts.kafka_out, parts.mqtt
+        self.publisher, self.outbox = parts.publisher, parts.outbox
+        self.reloader = Reloader(parts, config, self.systemd, self.clock)
+        self.health_alerts = HealthAlerts()
         self.bucket = config.engine.bucket
-        kafka_source = config.sources.kafka
-        self.kafka_out = None
-        if kafka_source is not None and config.sinks.kafka is not None:
-            self.kafka_out = KafkaPublisher(kafka_source)
-        self.mqtt: MqttLink | None = None
-        if config.sources.mqtt is not None:
-            self.mqtt = MqttLink(config.sources.mqtt, self._on_mqtt, self._state("mqtt"))
-        self.kafka_in = self._kafka_loop() if config.sources.kafka is not None else None
-        if config.sources.kafka is not None:
+        self.kafka_in = None
+        if config.sources.kafka is not None and memory is None:
             logthrottle.CLIENT_LOGS.interval = config.sources.kafka.client_log_interval
-        if self.kafka_in is not None:
+            self.kafka_in = self._kafka_loop()
             self.state.consumer_lag = self.kafka_in.lag
-        self.publisher = Publisher(self.pipeline, self.kafka_out, self.mqtt)
-        self.outbox = Fanout(self.publisher, self.alerts)
-        self.state.outbox_pending = lambda: len(self.publisher.pending)
-        self.state.breakers = lambda: {n: b.state for n, b in self.pipeline.engine.breakers.items()}
         self.stopping = asyncio.Event()
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
+    @property
+    def reload_requested(self) -> asyncio.Event:
+        return self.reloader.requested
+
+    def stop(self) -> None:
+        """Stop as SIGTERM would."""
+        self.stopping.set()
+
+    def reload(self, path: Path) -> bool:
+        return self.reloader.reload(path)
+
     # -- wiring -------------------------------------------------------------------------
-    def _state(self, name: str) -> Callable[[bool, str], None]:
-        self.health.sources[name] = False
-        self.health.reasons[name] = "not connected yet"
-
-        def update(connected: bool, reason: str = "") -> None:
-            self.health.sources[name] = connected
-            self.health.reasons[name] = "" if connected else reason or "not connected"
-
-        return update
-
-    def _on_unleash(self, payloads: list[bytes]) -> None:
-        self.outbox.add(self.pipeline.ingest("unleash", payloads, self.clock()))
-
-    def _on_mqtt(self, topic: str, payload: bytes) -> None:
-        self.outbox.add(self.pipeline.ingest("mqtt", [payload], self.clock(), topic=topic))
-
     async def _on_kafka(
         self, batch: Fetched, offsets: dict[tuple[str, int], int], origins: Origins
     ) -> None:
@@ -222,61 +132,66 @@ class Service:
 
     async def _signals(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
+        watched = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if self.handle_signals else ()
+        if self.handle_signals:
+            loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stopping.set)
         try:
             await self.stopping.wait()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in watched:
                 loop.remove_signal_handler(sig)
         self.systemd.stopping()
         raise _Stop
 
+    async def _memory(self, until_drained: bool) -> None:
+        """Feed what is put into the memory broker; with `until_drained`, stop once it and
+        the outbox are empty."""
+        broker = self.memory
+        assert broker is not None
+        while True:
+            while broker.inbox:
+                source, topic, payloads = broker.inbox.popleft()
+                self._feed(broker, source, topic, payloads)
+            broker.arrived.clear()
+            if until_drained and not self.publisher.pending:
+                self.stop()
+                return
+            if until_drained:
+                await asyncio.sleep(DRAINED_POLL)
+            else:
+                await broker.arrived.wait()
+
+    def _feed(self, broker: MemoryBroker, source: str, topic: str, payloads: list[bytes]) -> None:
+        now = self.clock()
+        if source == "mqtt":
+            for payload in payloads:
+                self.outbox.add(self.pipeline.ingest("mqtt", [payload], now, topic=topic))
+            return
+        first = broker.offsets.get(topic, 0)
+        broker.offsets[topic] = first + len(payloads)
+        keys: list[bytes | None] = [None] * len(payloads)
+        values: list[bytes | None] = list(payloads)
+        offsets = {(topic, 0): first + len(payloads)}
+        origins = [(0, list(range(first, first + len(payloads))))]
+        items = self.pipeline.ingest_topics([(topic, keys, values)], now, offsets, origins)
+        self.outbox.add(items)
+
     # -- alerts about the daemon itself ---------------------------------------------------
     async def _health_alerts(self) -> None:
-        """Page on terminal paths that no trigger sees: publishing failing for a while, and
-        rollouts stalled well past their hold (the gate stays shut: no data, or a trigger)."""
-        raised: set[str] = set()
+        """Page on terminal paths that no trigger sees (see health.py)."""
         while True:
             await asyncio.sleep(HEALTH_EVERY)
             now = self.clock()
-            for what, problem in self._problems(now).items():
-                if (problem is not None) == (what in raised):
-                    continue
-                status = "firing" if problem is not None else "resolved"
-                summary = problem or f"{what}: recovered"
-                severity = "critical" if what == "publish-failed" else "warning"
-                record = daemon_alert(what, status, summary, now, severity=severity)
+            for record in self.health_alerts.check(now, self._problems(now)):
                 self.outbox.add(self.pipeline.daemon_alert(record))
-                (raised.add if problem is not None else raised.discard)(what)
 
     def _problems(self, now: float) -> dict[str, str | None]:
-        problems: dict[str, str | None] = {"publish-failed": None}
-        since = self.publisher.failing_since
-        if since is not None and time.monotonic() - since > PUBLISH_ALERT_AFTER:
-            problems["publish-failed"] = (
-                f"publishing flag state has failed for {time.monotonic() - since:.0f}s; "
-                f"{len(self.publisher.pending)} messages wait in the outbox"
-            )
-        for rollout in self.pipeline.engine.rollouts:
-            key = f"stalled/{rollout.spec.name}"
-            problems[key] = None
-            if rollout.phase != "progressing":
-                continue
-            hold = rollout.spec.steps[rollout.step].hold
-            overdue = now - (rollout.step_started + hold)
-            if overdue > max(hold, STALL_AFTER):
-                blocking = [
-                    f"{t.spec.name} ({'no data' if t.outcome == INSUFFICIENT else t.state})"
-                    for t in rollout.triggers
-                    if t.blocks
-                ]
-                problems[key] = (
-                    f"{rollout.spec.name} has waited {overdue:.0f}s past its hold at "
-                    f"{rollout.percent:g}%; blocked by {', '.join(blocking) or 'its window'}"
-                )
-        return problems
+        publisher = self.publisher
+        return problems(
+            now, publisher.failing_for, len(publisher.pending), self.pipeline.engine.rollouts
+        )
 
     # -- systemd and reload -------------------------------------------------------------
     async def _lifecycle(self) -> None:
@@ -291,72 +206,6 @@ class Service:
             if all(not t.done() for name, t in self.tasks.items() if name != "lifecycle"):
                 self.systemd.watchdog()
             await asyncio.sleep(interval)
-
-    async def _reloader(self) -> None:
-        """Reload on SIGHUP or when the config file changes (polled)."""
-        path = self.config_path
-        assert path is not None
-        seen = _mtime(path)
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.reload_requested.wait(), RELOAD_POLL)
-            current = _mtime(path)
-            if not self.reload_requested.is_set() and current == seen:
-                continue
-            self.reload_requested.clear()
-            seen = current
-            self.reload(path)
-
-    def reload(self, path: Path) -> bool:
-        """Validate the file fully; apply it, or keep the running config and say why."""
-        self.systemd.reloading()
-        try:
-            config = load_config(path)
-            items = self.pipeline.reconfigure(config.to_spec(), self.clock())
-        except (ConfigError, ValueError) as exc:
-            errors = exc.errors if isinstance(exc, ConfigError) else [str(exc)]
-            log.error("config reload rejected, the running config stays: %s", "; ".join(errors))
-            self.state.reload_success = False
-            self.outbox.add(
-                self.pipeline.daemon_alert(
-                    daemon_alert(
-                        "config-reload",
-                        "firing",
-                        f"config reload rejected: {len(errors)} errors",
-                        self.clock(),
-                        severity="warning",
-                        details={"errors": "; ".join(errors)[:500]},
-                    )
-                )
-            )
-            self.systemd.ready("config reload rejected")
-            return False
-        logs.set_secrets([*logs.secrets_of(self.config), *logs.secrets_of(config)])
-        for section in ("sources", "sinks", "state", "http", "delivery"):
-            if getattr(config, section) != getattr(self.config, section):
-                log.warning("config reload: %s changed; that takes effect after a restart", section)
-        self.outbox.add(items)
-        if not self.state.reload_success:
-            self.outbox.add(
-                self.pipeline.daemon_alert(
-                    daemon_alert(
-                        "config-reload",
-                        "resolved",
-                        "config reloaded",
-                        self.clock(),
-                        severity="warning",
-                    )
-                )
-            )
-        self.state.reload_success = True
-        self.state.known = known_series(config)
-        if self.delivery is not None:  # a removed rollout's flag leaves the documents
-            self.delivery.board.retain({r.flag for r in config.rollouts})
-        self.pipeline.notify(config.alerts)
-        self.alerts.reconfigure(config.alerts)
-        log.info("config reloaded: %d rollouts", len(config.rollouts))
-        self.systemd.ready(f"{len(config.rollouts)} rollouts")
-        return True
 
     # -- wall-clock jobs -----------------------------------------------------------------
     def _scheduler(self) -> AsyncIOScheduler:
@@ -405,7 +254,7 @@ class Service:
             token=token.get_secret_value() if token is not None else None,
             run_command=self._command,
             healthy=lambda: {name: not task.done() for name, task in self.tasks.items()},
-            ready=self._readiness,
+            ready=self.health.readiness,
             not_ready=lambda: {n: r for n, r in self.health.reasons.items() if r},
             run_breaker_command=self._breaker_command,
             delivery=self.delivery,
@@ -444,14 +293,8 @@ class Service:
         self.outbox.add(items)
         return decisions
 
-    def _readiness(self) -> dict[str, bool]:
-        return {
-            "state restored": self.health.started,
-            **{f"{name} connected": up for name, up in self.health.sources.items()},
-        }
-
     # -- lifecycle ----------------------------------------------------------------------
-    async def run(self) -> int:
+    async def run(self, until_drained: bool = False) -> int:
         engine = engine_kind()
         log.info(
             "rolloutd %s starting (%s engine)",
@@ -481,11 +324,13 @@ class Service:
                     "lifecycle": self._lifecycle(),
                 }
                 if self.config_path is not None:
-                    jobs["reloader"] = self._reloader()
+                    jobs["reloader"] = self.reloader.watch(self.config_path)
                 if self.mqtt is not None:
                     jobs["mqtt"] = self.mqtt.run()
                 if self.kafka_in is not None:
                     jobs["kafka"] = self.kafka_in.run()
+                if self.memory is not None:
+                    jobs["memory"] = self._memory(until_drained)
                 for name, job in jobs.items():
                     self.tasks[name] = group.create_task(job, name=name)
         except* _Stop:
@@ -529,7 +374,7 @@ class Service:
             topics,
             self.pipeline.positions,
             self._on_kafka,
-            self._state("kafka"),
+            self.health.source("kafka"),
             started_at=written if written is not None else self.clock(),
             member=member,
         )
