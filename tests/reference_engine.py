@@ -26,7 +26,7 @@ from rolloutd.core.decisions import (
     TriggerDecision,
     whole,
 )
-from rolloutd.core.events import Command, Event, Gauge, Request, Requests
+from rolloutd.core.events import Command, Counter, Event, Gauge, Request, Requests
 from rolloutd.core.rollout import refusal_reason
 from rolloutd.core.spec import EngineSpec, RolloutSpec, TriggerSpec
 from rolloutd.core.windows import latency_slot, slot_value
@@ -396,7 +396,7 @@ class RefRollout:
         )
 
     # -- samples ------------------------------------------------------------------------
-    def add(self, event: Event, bucket: int, head: int) -> None:
+    def add(self, event: Request | Requests | Gauge | Counter, bucket: int, head: int) -> None:
         cohort = event.cohort
         if isinstance(event, Request | Requests):
             series = self.series.get((cohort, "request", ""))

@@ -12,6 +12,7 @@ from rolloutd.app.pipeline import Pipeline
 from rolloutd.core.breaker import BreakerSpec
 from rolloutd.core.decisions import to_dict
 from rolloutd.core.engine import Engine
+from rolloutd.core.events import Event
 from rolloutd.core.spec import EngineSpec, StepSpec, TriggerSpec
 
 USERS = BreakerSpec(
@@ -28,7 +29,7 @@ WATCH = TriggerSpec(
 )
 
 
-def calls(ts: float, count: int, errors: int) -> object:
+def calls(ts: float, count: int, errors: int) -> Event:
     return event(
         ts=ts, type="requests", service="user-service", count=count, errors=errors, rollout=None
     )

@@ -98,18 +98,20 @@ async def test_dual_write_that_drops_one_percent_of_updates_rolls_back(
     async with Kafka(tansu.bootstrap) as kafka:
         await kafka.wait_for("rollout.flags", lambda f: len(f) >= 1)
         for i in range(200):
-            row = {"id": i, "email": f"User{i}@Example.com"}
+            email = f"User{i}@Example.com"
+            row = {"id": i, "email": email}
             await kafka.send(change("customers", "c", row), topic=SOURCE)
             await kafka.send(
-                change("customers_v2", "c", {**row, "email": row["email"].lower()}), topic=TARGET
+                change("customers_v2", "c", {**row, "email": email.lower()}), topic=TARGET
             )
         await kafka.settle(2.5)
         assert kafka.seen["rollout.flags"][-1]["phase"] == "progressing"  # all matched
         for i in range(200):
-            row = {"id": i, "email": f"New{i}@Example.com"}
+            email = f"New{i}@Example.com"
+            row = {"id": i, "email": email}
             await kafka.send(change("customers", "u", row), topic=SOURCE)
             if i % 100 != 7:  # the target silently drops 1% of the updates
-                target_row = {**row, "email": row["email"].lower()}
+                target_row = {**row, "email": email.lower()}
                 await kafka.send(change("customers_v2", "u", target_row), topic=TARGET)
         flags = await kafka.wait_for("rollout.flags", lambda f: f[-1]["phase"] == "rolled_back")
         decisions = await kafka.wait_for(

@@ -230,7 +230,7 @@ async def test_flag_state_reaches_kafka_and_retained_mqtt(
         message = await asyncio.wait_for(anext(aiter(client.messages)), 10)
     assert str(message.topic) == "rollouts/flags/new_co"
     assert message.retain
-    assert json.loads(message.payload)["revision"] == flags[-1]["revision"]  # type: ignore[arg-type]
+    assert json.loads(message.payload)["revision"] == flags[-1]["revision"]
     assert daemon.signal(signal.SIGTERM) == 0
 
 

@@ -29,10 +29,11 @@ from typing import Any
 import aiomqtt
 import pytest
 from openfeature import api
+from openfeature.client import OpenFeatureClient
 from openfeature.contrib.provider.flagd import FlagdProvider
 from openfeature.contrib.provider.flagd.config import ResolverType
 from openfeature.evaluation_context import EvaluationContext
-from UnleashClient import UnleashClient
+from UnleashClient.clients.unleash_client import UnleashClient
 from UnleashClient.utils import InstanceAllowType
 
 from brokers import Mosquitto, free_port
@@ -203,7 +204,7 @@ def retained_flag_state(mosquitto: Mosquitto) -> dict[str, Any]:
 
 
 @pytest.fixture
-def openfeature_client(daemon: Daemon) -> Iterator[Any]:
+def openfeature_client(daemon: Daemon) -> Iterator[OpenFeatureClient]:
     api.set_provider(
         FlagdProvider(resolver_type=ResolverType.FILE, offline_flag_source_path=str(daemon.file))
     )
@@ -211,7 +212,7 @@ def openfeature_client(daemon: Daemon) -> Iterator[Any]:
     api.shutdown()
 
 
-def share_on(client: Any) -> float:
+def share_on(client: OpenFeatureClient) -> float:
     on = sum(
         client.get_boolean_value(FLAG, False, EvaluationContext(targeting_key=user))
         for user in USERS
@@ -219,12 +220,12 @@ def share_on(client: Any) -> float:
     return on / len(USERS) * 100
 
 
-def follow(client: Any, daemon: Daemon, percent: float, phase: str) -> float:
+def follow(client: OpenFeatureClient, daemon: Daemon, percent: float, phase: str) -> float:
     """Wait for the file to hold the step, then for the provider to evaluate it; the delay
     from the file's change to the provider's first evaluation of it."""
     wait_for(lambda: daemon.flag_in_file()["metadata"]["percent"] == percent, 10, daemon.log)
     changed = daemon.file.stat().st_mtime
-    revision = daemon.flag_in_file()["metadata"]["revision"]
+    revision: int = daemon.flag_in_file()["metadata"]["revision"]
 
     def evaluated() -> bool:
         details = client.get_boolean_details(FLAG, False, EvaluationContext(targeting_key="x"))
@@ -237,7 +238,7 @@ def follow(client: Any, daemon: Daemon, percent: float, phase: str) -> float:
 
 
 def test_openfeature_flagd_file_mode_follows_the_rollout(
-    daemon: Daemon, openfeature_client: Any
+    daemon: Daemon, openfeature_client: OpenFeatureClient
 ) -> None:
     delays = []
     for percent, phase, command in (

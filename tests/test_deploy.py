@@ -725,7 +725,9 @@ def check_query(expr: str, series: dict[str, frozenset[str]], legends: list[str]
         assert set(matchers) <= labels, f"{name} has no label {set(matchers) - labels}"
         for label, values in matchers.items():
             allowed = LABEL_VALUES.get((name, label))
-            for value in values if allowed else []:
+            if not allowed:
+                continue
+            for value in values:
                 assert set(value.split("|")) <= allowed, f"{name}{{{label}={value!r}}}"
     known = set().union(*(series[n] for n in query.metrics)) | TARGET_LABELS
     assert query.grouping <= known, f"no such labels {query.grouping - known} in {expr!r}"
@@ -1019,6 +1021,7 @@ def test_dashboards_show_what_the_wall_needs() -> None:
 
 
 def annotation(name: str, title: str) -> dict[str, Any]:
+    found: dict[str, Any]
     (found,) = [a for a in dashboards()[name]["annotations"]["list"] if a["name"] == title]
     return found
 

@@ -12,7 +12,13 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from helpers import T0, batch, command, error_trigger, event, rollout
 from reference_engine import ReferenceEngine
 from rolloutd.app.messages import Positions
-from rolloutd.core.decisions import Decision, encode
+from rolloutd.core.decisions import (
+    Decision,
+    PercentDecision,
+    PhaseDecision,
+    TriggerDecision,
+    encode,
+)
 from rolloutd.core.engine import Engine, bucket_number
 from rolloutd.core.rollout import COMMANDS
 from rolloutd.core.spec import Baseline, EngineSpec, StepSpec, TriggerSpec
@@ -157,7 +163,7 @@ class EngineMachine(RuleBasedStateMachine):
     """
 
     spec = SPEC
-    names = ("co", "side")
+    names: tuple[str, ...] = ("co", "side")
 
     def __init__(self) -> None:
         super().__init__()
@@ -189,9 +195,9 @@ class EngineMachine(RuleBasedStateMachine):
 
     def _check_step_rules(self, decisions: list[Decision]) -> None:
         for d in decisions:
-            if d.kind == "trigger":
+            if isinstance(d, TriggerDecision):
                 self.trigger_states[(d.rollout, d.trigger)] = d.state
-            elif d.kind == "percent" and d.reason == "hold elapsed":
+            elif isinstance(d, PercentDecision) and d.reason == "hold elapsed":
                 # Never advances while one of its triggers is pending or firing.
                 states = [s for (r, _), s in self.trigger_states.items() if r == d.rollout]
                 assert all(s == "inactive" for s in states), (d, states)
@@ -319,7 +325,7 @@ class EngineMachine(RuleBasedStateMachine):
     def failed_rollouts_leave_only_by_retry(self) -> None:
         last: dict[str, str] = {}
         for d in self.decisions:
-            if d.kind != "phase":
+            if not isinstance(d, PhaseDecision):
                 continue
             before = last.get(d.rollout)
             if before in ("rolled_back", "aborted"):

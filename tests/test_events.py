@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rolloutd.core.events import (
-    COMMANDS,
     REJECTION_REASONS,
     Command,
     Counter,
@@ -27,6 +26,7 @@ from rolloutd.core.events import (
     decode_many,
     decode_one,
 )
+from rolloutd.core.machines import COMMANDS
 
 T0 = 1763719202.0  # 2025-11-21T10:00:02Z
 

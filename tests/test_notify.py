@@ -732,7 +732,7 @@ async def test_unconfirmed_rows_are_delivered_again_after_a_crash(
     alerts = [notifier("webhook", receiver)]
     state = tmp_path / "state.db"
     with Store.open(state) as store:
-        rows: list[tuple[str, bytes | None, bytes, bool]] = [
+        rows: list[tuple[Sink, bytes | None, bytes, bool]] = [
             *route(alerts, record()),
             *route(alerts, record("resolved", ts=T0 + 5)),
         ]

@@ -90,7 +90,8 @@ def running(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 def get(port: int, path: str) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-        return response.read().decode()
+        text: str = response.read().decode()
+    return text
 
 
 def names(port: int) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import T0, batch, command, drive, engine, error_trigger, kinds, rollout, steady
-from rolloutd.core.decisions import to_dict
+from rolloutd.core.decisions import PhaseDecision, to_dict
 from rolloutd.core.rollout import (
     ABORTED,
     COMMANDS,
@@ -61,7 +61,7 @@ def test_table_mentions_only_known_phases_and_commands() -> None:
 ACCEPTS = {(phase, cmd): (phase, cmd) in TRANSITIONS for phase in PHASES for cmd in COMMANDS}
 
 
-def _to_phase(phase: str) -> list:
+def _to_phase(phase: str) -> list[str]:
     """Commands that bring a manual single-trigger rollout to `phase`."""
     return {
         "pending": [],
@@ -137,8 +137,9 @@ def test_pause_holds_and_resume_restarts_the_hold() -> None:
     eng.handle(batch(T0, "canary", 1))
     eng.handle(command(T0 + 10, "pause"))
     assert [d.kind for d in eng.advance(T0 + 500)] == []
-    out = eng.handle(command(T0 + 500, "resume"))
-    assert [(d.kind, d.phase) for d in out] == [("phase", "progressing")]
+    (resumed,) = eng.handle(command(T0 + 500, "resume"))
+    assert isinstance(resumed, PhaseDecision)
+    assert (resumed.kind, resumed.phase) == ("phase", "progressing")
     assert eng.advance(T0 + 559) == []
     assert [d.kind for d in eng.advance(T0 + 560)] == ["percent"]
 
@@ -198,7 +199,9 @@ def test_command_for_unknown_rollout_is_refused() -> None:
     eng = engine(rollout())
     out = [to_dict(d) for d in eng.handle(command(T0, "pause", rollout="nope"))]
     assert out[-1]["kind"] == "refused"
-    assert "unknown rollout" in out[-1]["reason"]
+    reason = out[-1]["reason"]
+    assert isinstance(reason, str)
+    assert "unknown rollout" in reason
 
 
 # -- triggers acting on the machine -----------------------------------------------------------

@@ -13,6 +13,8 @@ from helpers import (
     rollout,
     steady,
 )
+from rolloutd.core.decisions import Decision, TriggerDecision
+from rolloutd.core.events import Event
 from rolloutd.core.spec import Baseline, StepSpec, TriggerSpec
 
 
@@ -44,7 +46,7 @@ def test_canary_error_spike_rolls_back_within_for_plus_one_bucket() -> None:
     eng = engine(rollout(trig))
     spike_at = 30
 
-    def traffic(ts: float) -> list:
+    def traffic(ts: float) -> list[Event]:
         bad = ts - T0 >= spike_at
         return [
             batch(ts + 0.25, "canary", 200, 200 if bad else 0),  # the canary fails outright
@@ -89,7 +91,7 @@ def test_low_traffic_canary_neither_advances_nor_rolls_back() -> None:
     # 1 request/s: 60 in the window, below min_samples 100; even at 100% errors.
     eng = engine(rollout(error_trigger(for_=0.0)))
 
-    def traffic(ts: float) -> list:
+    def traffic(ts: float) -> list[Event]:
         return [batch(ts + 0.25, "canary", 1, 1), batch(ts + 0.5, "control", 500, 0)]
 
     decisions = drive(eng, traffic, 600)
@@ -104,7 +106,7 @@ def test_flapping_metric_does_not_flap_the_trigger() -> None:
     trig = error_trigger(window=2.0, for_=30.0, min_samples=10, baseline=None)
     eng = engine(rollout(trig, steps=(StepSpec(5, 3600), StepSpec(100))))
 
-    def traffic(ts: float) -> list:
+    def traffic(ts: float) -> list[Event]:
         bad = int(ts - T0) // 5 % 2 == 1
         return [batch(ts + 0.25, "canary", 20, 1 if bad else 0)]
 
@@ -120,12 +122,12 @@ def test_flapping_metric_does_not_flap_the_trigger() -> None:
 def test_flapping_within_a_bucket_is_absorbed_by_the_resolve_delay() -> None:
     trig = error_trigger(window=2.0, for_=0.0, min_samples=1, baseline=None, action="alert")
     eng = engine(rollout(trig, steps=(StepSpec(5, 3600), StepSpec(100))))
-    decisions = []
+    decisions: list[Decision] = []
     # Breach, then a good batch 0.5 s later (condition false), then bad again 0.3 s later.
     decisions += eng.handle(batch(T0 + 0.1, "canary", 10, 10))
     decisions += eng.handle(batch(T0 + 0.6, "canary", 1000, 0))
     decisions += eng.handle(batch(T0 + 0.9, "canary", 5000, 5000))
-    states = [d.state for d in decisions if d.kind == "trigger"]
+    states = [d.state for d in decisions if isinstance(d, TriggerDecision)]
     assert states == ["firing"]
 
 
@@ -144,7 +146,7 @@ def test_gauge_baseline_reads_the_other_cohorts_gauge() -> None:
 
     eng = engine(rollout(queue(2.0), queue(4.0), steps=(StepSpec(5, 3600), StepSpec(100))))
 
-    def traffic(ts: float) -> list:
+    def traffic(ts: float) -> list[Event]:
         canary = 100.0 if ts - T0 < 20 else 300.0
         return [
             event(ts=ts + 0.25, type="gauge", cohort="control", name="queue_depth", value=100.0),
@@ -168,7 +170,7 @@ def test_stalled_gauge_fires_unchanged() -> None:
     )
     eng = engine(rollout(stall, steps=(StepSpec(5, 3600), StepSpec(100))))
 
-    def traffic(ts: float) -> list:
+    def traffic(ts: float) -> list[Event]:
         t = ts - T0
         progress = min(t, 300) / 1000  # grows for 5 minutes, then stalls at 0.3
         return [event(ts=ts + 0.5, type="gauge", name="migration_progress", value=progress)]
@@ -197,5 +199,5 @@ def test_absent_gauge_fires_only_after_a_whole_window() -> None:
     decisions += eng.advance(T0 + 29.0)
     assert [d.kind for d in decisions] == ["percent", "phase"]
     decisions += eng.advance(T0 + 31.0)
-    assert [d.state for d in decisions if d.kind == "trigger"] == ["firing"]
+    assert [d.state for d in decisions if isinstance(d, TriggerDecision)] == ["firing"]
     assert eng.rollout("co").phase == "paused"

@@ -257,7 +257,7 @@ def run_against_reference(
     refused = 0
     for _ in range(data.draw(st.integers(1, MAX_OPS))):
         op, bucket = draw_op(data, start if ref.head is None else ref.head, ref.span_max)
-        payload = None if op == "advance" else draw_payload(data, series, bucket)
+        payload: Payload = None if op == "advance" else draw_payload(data, series, bucket)
         got = apply(series, op, bucket, payload)
         if op == "advance":
             ref.advance(bucket)
@@ -297,6 +297,7 @@ def test_sample_series_matches_reference(spans: tuple[int, ...], data: st.DataOb
 
 def observe(series: Series) -> Any:
     """Everything a reader can see, compared exactly (float sums included)."""
+    views: list[tuple[object, ...]]
     if isinstance(series, RequestSeries):
         views = [
             (v.span, v.count, v.errors, v.slow, v.latencies, [v.quantile(q) for q in Q_GRID])
