@@ -26,7 +26,18 @@ SRC = ROOT / "daemon"
 CORE = SRC / "rolloutd" / "core"
 # The per-event path; modules with msgspec Structs stay interpreted (their fields are read
 # from annotations, which compiled classes do not keep).
-MODULES = ("machines", "windows", "triggers", "rollout", "engine", "spec", "intake")
+MODULES = (
+    "machines",
+    "histogram",
+    "windows",
+    "triggers",
+    "rollout",
+    "routes",
+    "skips",
+    "engine",
+    "spec",
+    "intake",
+)
 STAMP = CORE / ".compiled"
 SUFFIX = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
 

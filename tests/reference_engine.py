@@ -27,9 +27,9 @@ from rolloutd.core.decisions import (
     whole,
 )
 from rolloutd.core.events import Command, Counter, Event, Gauge, Request, Requests
+from rolloutd.core.histogram import latency_slot, slot_value
 from rolloutd.core.rollout import refusal_reason
 from rolloutd.core.spec import EngineSpec, RolloutSpec, TriggerSpec
-from rolloutd.core.windows import latency_slot, slot_value
 
 QUANTILES = {"latency_p50": 0.5, "latency_p90": 0.9, "latency_p95": 0.95, "latency_p99": 0.99}
 ARMED = ("progressing", "paused", "promoted")

@@ -23,18 +23,17 @@ from hypothesis import strategies as st
 from librt.vecs import vec
 from mypy_extensions import i64
 
-from rolloutd.core.windows import (
-    _COMPACT_AT,
+from rolloutd.core.histogram import (
     ALPHA,
+    COMPACT_AT,
     HIST_SLOTS,
     MAX_LATENCY_MS,
     MIN_LATENCY_MS,
-    RequestSeries,
-    SampleSeries,
-    _compacted,
+    compacted,
     latency_slot,
     slot_value,
 )
+from rolloutd.core.windows import RequestSeries, SampleSeries
 
 SPAN_SETS = [(1,), (3,), (2, 5), (1, 7, 60)]
 QUANTILES = (0.0, 0.5, 0.9, 0.95, 0.99, 1.0)
@@ -699,9 +698,9 @@ def test_request_memory_is_bounded_by_the_ring() -> None:
     assert len(series._count) == len(series._errors) == len(series._slow) == 5
     assert series._hist is not None
     assert len(series._hist) == 5
-    # Each bucket's latency record is compacted before it passes _COMPACT_AT entries.
-    assert all(h is None or len(h) < _COMPACT_AT for h in series._hist)
-    assert len(series._open) < _COMPACT_AT
+    # Each bucket's latency record is compacted before it passes COMPACT_AT entries.
+    assert all(h is None or len(h) < COMPACT_AT for h in series._hist)
+    assert len(series._open) < COMPACT_AT
     view = series.view(5)
     assert view.histogram is not None
     assert len(view.histogram.slots) < HIST_SLOTS + 32
@@ -729,7 +728,7 @@ def test_compaction_keeps_one_entry_per_slot_and_splits_counts_beyond_32_bits() 
     # Entries are `slot << 32 | count`; a count that does not fit takes two entries.
     mask = (1 << 32) - 1
     raw = [(3 << 32) | 7, (900 << 32) | mask, (3 << 32) | 1, (900 << 32) | 5]
-    pairs = sorted((e >> 32, e & mask) for e in _compacted(vec[i64](raw)))
+    pairs = sorted((e >> 32, e & mask) for e in compacted(vec[i64](raw)))
     assert pairs == [(3, 8), (900, 5), (900, mask)]
 
 

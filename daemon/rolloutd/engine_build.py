@@ -18,7 +18,18 @@ from pathlib import Path
 from types import ModuleType
 
 # The same list as scripts/compile_core.py's MODULES (a test holds them equal).
-COMPILED_MODULES = ("machines", "windows", "triggers", "rollout", "engine", "spec", "intake")
+COMPILED_MODULES = (
+    "machines",
+    "histogram",
+    "windows",
+    "triggers",
+    "rollout",
+    "routes",
+    "skips",
+    "engine",
+    "spec",
+    "intake",
+)
 _PACKAGE = "rolloutd.core"
 
 

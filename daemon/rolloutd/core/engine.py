@@ -11,23 +11,20 @@ Rules:
   rollouts that start immediately, each at its turn. An event older than
   the engine's time goes into its own bucket if that bucket is still in the windows, and is
   counted as late; a command is always applied at the engine's time.
-* Only the series some trigger reads are kept: (rollout, cohort) for requests,
-  (rollout, cohort, name) for gauges and counters.
+* Only the series some trigger reads are kept (`routes.py` wires them).
 * `snapshot()` / `restore()` round-trip everything that decides the future, so a restored
   engine continues exactly where the old one stopped.
 * Shortcuts that change no decision (`shortcuts=False` turns them off, for tests that prove
-  it): quiet rollouts skip bucket boundaries; a request that cannot move a trigger toward a
-  breach does not make it read again (`TriggerRuntime.holds`); and an event evaluates a
-  rollout only if one of its triggers must be read or its `due` has come: the earliest time
-  its state could move on the clock alone (a hold, bake, `for`, resolve or schedule
-  deadline). The earliest `due` of all rollouts is kept, so an event that meets no deadline
-  evaluates its own rollout at most: O(1), not O(rollouts).
+  it), defined in `skips.py`: quiet rollouts skip bucket boundaries; a request that cannot
+  move a trigger toward a breach does not make it read again (`holds`); and an event
+  evaluates a rollout only if one of its triggers must be read or its `due` has come. The
+  earliest `due` of all rollouts is kept, so an event that meets no deadline evaluates its
+  own rollout at most: O(1), not O(rollouts).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -39,9 +36,11 @@ from rolloutd.core.decisions import BreakerDecision, Decision, RefusedDecision
 from rolloutd.core.events import Command, Counter, Event, Gauge, Request, Requests
 from rolloutd.core.machines import OPEN
 from rolloutd.core.rollout import RolloutRuntime
-from rolloutd.core.spec import EngineSpec, RolloutSpec, TriggerSpec
-from rolloutd.core.triggers import INACTIVE, INSUFFICIENT, BreakerView, TriggerRuntime
-from rolloutd.core.windows import NO_BUCKET, RequestSeries, SampleSeries
+from rolloutd.core.routes import Feed, Route, build_route, dump_route, feed_of, load_route
+from rolloutd.core.skips import due, is_quiet, wake_readers
+from rolloutd.core.spec import EngineSpec
+from rolloutd.core.triggers import INACTIVE
+from rolloutd.core.windows import NO_BUCKET
 
 # Event classes as compiled-in constants: `type(event) is _REQUEST` is then a pointer test.
 _REQUEST: Final = Request
@@ -92,146 +91,6 @@ _Snapshot: Any = msgspec.defstruct(
 )
 
 
-# Containers an event walks are tuples, built once: a tuple holds its items in the same
-# block of memory as its header, where a list points to a second block (one more cache miss
-# on a rollout the event picked at random).
-
-
-class _Feed:
-    """A request series and the triggers that must read again when it takes requests."""
-
-    __slots__ = ("base_readers", "cohort", "readers", "series")
-
-    def __init__(self, cohort: str, series: RequestSeries) -> None:
-        self.cohort = cohort
-        self.series = series
-        self.readers: tuple[TriggerRuntime, ...] = ()  # read it as their own cohort
-        self.base_readers: tuple[TriggerRuntime, ...] = ()  # read it as their baseline
-
-
-class _SampleFeed:
-    """A gauge or counter series and the triggers that read it (own cohort or baseline)."""
-
-    __slots__ = ("readers", "series")
-
-    def __init__(self, series: SampleSeries) -> None:
-        self.series = series
-        self.readers: tuple[TriggerRuntime, ...] = ()
-
-
-class _Route:
-    """Everything one rollout's events touch."""
-
-    __slots__ = (
-        "changed",
-        "counters",
-        "due",
-        "feeds",
-        "gauges",
-        "head",
-        "quiet",
-        "rollout",
-        "woke",
-    )
-
-    def __init__(self, rollout: RolloutRuntime) -> None:
-        self.rollout = rollout
-        self.head = NO_BUCKET  # the bucket every series was last slid to
-        # Quiet: every window is empty and every trigger short of data, so until the next
-        # event a bucket boundary cannot change anything (no state moves, the gate is shut).
-        self.quiet = False
-        self.changed = False  # its state may differ from its last snapshot
-        # An event evaluates the rollout only if a trigger woke (must be read) or `due` has
-        # come; -inf means "always", and anything but an event's own evaluation resets it.
-        self.woke = False
-        self.due = -math.inf
-        # Request feeds by cohort, looked up by comparing names: an event's cohort is a fresh
-        # string, and comparing it with two or three names costs less than hashing it.
-        self.feeds: tuple[_Feed, ...] = ()
-        self.gauges: dict[tuple[str, str], _SampleFeed] = {}
-        self.counters: dict[tuple[str, str], _SampleFeed] = {}
-
-    def feed(self, cohort: str) -> _Feed:
-        """The request feed of `cohort`; KeyError if no trigger reads it."""
-        found = _feed_of(self.feeds, cohort)
-        if found is None:
-            raise KeyError(cohort)
-        return found
-
-
-def _spans(triggers: Iterable[TriggerSpec], bucket: float) -> dict[tuple[str, str, str], set[int]]:
-    """Window lengths (in buckets) per series key (kind, cohort, name)."""
-    spans: dict[tuple[str, str, str], set[int]] = {}
-    for trig in triggers:
-        if trig.metric_kind == "breaker":
-            continue  # reads a breaker's state, not a window
-        span = max(1, round(trig.window / bucket))
-        kind = trig.metric_kind
-        name = "" if kind == "request" else trig.metric_name
-        for cohort in _cohorts(trig):
-            spans.setdefault((kind, cohort, name), set()).add(span)
-    return spans
-
-
-def _cohorts(trig: TriggerSpec) -> tuple[str, ...]:
-    if trig.baseline is None:
-        return (trig.cohort,)
-    return (trig.cohort, trig.baseline.cohort)
-
-
-def _build_route(spec: RolloutSpec, bucket: float, breakers: dict[str, BreakerRuntime]) -> _Route:
-    spans = _spans(spec.triggers, bucket)
-    latency = {
-        cohort for t in spec.triggers if t.metric.startswith("latency_") for cohort in _cohorts(t)
-    }
-    route = _Route(RolloutRuntime(spec, []))
-    for (kind, cohort, name), lengths in spans.items():
-        if kind == "request":
-            route.feeds = (*route.feeds, _Feed(cohort, RequestSeries(lengths, cohort in latency)))
-        elif kind == "gauge":
-            route.gauges[(cohort, name)] = _SampleFeed(SampleSeries(lengths))
-        else:
-            route.counters[(cohort, name)] = _SampleFeed(SampleSeries(lengths))
-    for trig in spec.triggers:
-        if trig.metric_kind == "breaker":
-            runtime = TriggerRuntime(trig, bucket, bucket)
-            runtime.watch_breaker(BreakerView(breakers[trig.metric_name]))
-        else:
-            runtime = _trigger_runtime(route, trig, bucket)
-        route.rollout.triggers.append(runtime)
-    return route
-
-
-def _trigger_runtime(route: _Route, trig: TriggerSpec, bucket: float) -> TriggerRuntime:
-    """A trigger on a window, registered to be read again when its series take samples."""
-    span = max(1, round(trig.window / bucket))
-    runtime = TriggerRuntime(trig, bucket, span * bucket)
-    baseline = trig.baseline
-    if trig.metric_kind == "request":
-        feed = route.feed(trig.cohort)
-        base = route.feed(baseline.cohort) if baseline else None
-        runtime.watch_requests(
-            feed.series.view(span), base.series.view(span) if base is not None else None
-        )
-        feed.readers = (*feed.readers, runtime)
-        if base is not None:
-            base.base_readers = (*base.base_readers, runtime)
-        return runtime
-    table = route.gauges if trig.metric_kind == "gauge" else route.counters
-    own = table[(trig.cohort, trig.metric_name)]
-    other = table[(baseline.cohort, trig.metric_name)] if baseline else None
-    runtime.watch_samples(
-        own.series,
-        own.series.view(span),
-        other.series if other is not None else None,
-        other.series.view(span) if other is not None else None,
-    )
-    own.readers = (*own.readers, runtime)
-    if other is not None:
-        other.readers = (*other.readers, runtime)
-    return runtime
-
-
 class Engine:
     """All rollouts of one config, driven by events and the caller's clock."""
 
@@ -246,11 +105,11 @@ class Engine:
         self._by_service: dict[str, list[BreakerRuntime]] = {}
         for breaker in self._breakers.values():
             self._by_service.setdefault(breaker.spec.service, []).append(breaker)
-        self._routes: dict[str, _Route] = {
-            r.name: _build_route(r, spec.bucket, self._breakers) for r in spec.rollouts
+        self._routes: dict[str, Route] = {
+            r.name: build_route(r, spec.bucket, self._breakers) for r in spec.rollouts
         }
         # breaker name -> the routes with a trigger on it: re-evaluated when it moves
-        self._breaker_readers: dict[str, list[_Route]] = {}
+        self._breaker_readers: dict[str, list[Route]] = {}
         for route in self._routes.values():
             for trig in route.rollout.triggers:
                 if trig.spec.metric_kind == "breaker":
@@ -342,12 +201,12 @@ class Engine:
                 self._slide(route, b)
                 self._evaluate(route, out, boundary)
                 if self.shortcuts:
-                    route.quiet = _is_quiet(route)
+                    route.quiet = is_quiet(route)
             routes = [r for r in routes if r.rollout.armed and not r.quiet]
         self._head = max(self._head, last)
         self._due_min = self._earliest_due()
 
-    def _evaluate(self, route: _Route, out: list[Decision], now: float) -> None:
+    def _evaluate(self, route: Route, out: list[Decision], now: float) -> None:
         """One rollout at one evaluation point (its windows already at `now`'s bucket)."""
         rollout = route.rollout
         route.woke = False
@@ -358,7 +217,7 @@ class Engine:
         rollout.evaluate(out, now)
         if len(out) > before or any(t.state != INACTIVE for t in rollout.triggers):
             route.changed = True
-        route.due = _due(route, now) if self.shortcuts else -math.inf
+        route.due = due(route, now) if self.shortcuts else -math.inf
 
     def _pass(
         self,
@@ -366,7 +225,7 @@ class Engine:
         now: float,
         starting: bool = False,
         command: Command | None = None,
-        target: _Route | None = None,
+        target: Route | None = None,
     ) -> None:
         """An evaluation point at `now`: every armed rollout in config order, each read if
         a trigger woke or its `due` has come. `starting`: the first event, which starts the
@@ -403,7 +262,7 @@ class Engine:
         return due_min
 
     @staticmethod
-    def _slide(route: _Route, bucket: int) -> None:
+    def _slide(route: Route, bucket: int) -> None:
         """Bring every series of the route to `bucket`; its triggers must read again."""
         head = route.head
         if head != NO_BUCKET and head >= bucket:
@@ -534,8 +393,8 @@ class Engine:
     # Adding an event to its series: None if no trigger reads it, False if too old. Each
     # wakes the route when a trigger must be read again. `fields` is the event as a tuple.
 
-    def _request(self, route: _Route, fields: tuple[Any, ...], bucket: int) -> bool | None:
-        feed = _feed_of(route.feeds, fields[_COHORT])
+    def _request(self, route: Route, fields: tuple[Any, ...], bucket: int) -> bool | None:
+        feed = feed_of(route.feeds, fields[_COHORT])
         if feed is None:
             return None
         ok: bool = fields[_OK]
@@ -549,8 +408,8 @@ class Engine:
             self._wake(route, feed, 1, errors, 1, latency, latency)
         return True
 
-    def _requests(self, route: _Route, fields: tuple[Any, ...], bucket: int) -> bool | None:
-        feed = _feed_of(route.feeds, fields[_COHORT])
+    def _requests(self, route: Route, fields: tuple[Any, ...], bucket: int) -> bool | None:
+        feed = feed_of(route.feeds, fields[_COHORT])
         if feed is None:
             return None
         lats: tuple[float, ...] = fields[_LATENCIES]
@@ -569,7 +428,7 @@ class Engine:
         self._wake(route, feed, count, errors, len(lats), low, high)
         return True
 
-    def _sample(self, route: _Route, event: Gauge | Counter, bucket: int) -> bool | None:
+    def _sample(self, route: Route, event: Gauge | Counter, bucket: int) -> bool | None:
         table = route.gauges if type(event) is _GAUGE else route.counters
         feed = table.get((event.cohort, event.name))
         if feed is None:
@@ -583,8 +442,8 @@ class Engine:
 
     def _wake(
         self,
-        route: _Route,
-        feed: _Feed,
+        route: Route,
+        feed: Feed,
         count: int,
         errors: int,
         latencies: int,
@@ -595,10 +454,10 @@ class Engine:
         shortcuts = self.shortcuts
         readers = feed.readers
         if readers:
-            _wake_readers(route, readers, True, shortcuts, count, errors, latencies, low, high)
+            wake_readers(route, readers, True, shortcuts, count, errors, latencies, low, high)
         readers = feed.base_readers
         if readers:
-            _wake_readers(route, readers, False, shortcuts, count, errors, latencies, low, high)
+            wake_readers(route, readers, False, shortcuts, count, errors, latencies, low, high)
 
     # -- breakers -----------------------------------------------------------------------
     @property
@@ -631,7 +490,7 @@ class Engine:
         self._due_min = -math.inf
         return True
 
-    def _command(self, out: list[Decision], route: _Route, cmd: Command, now: float) -> None:
+    def _command(self, out: list[Decision], route: Route, cmd: Command, now: float) -> None:
         rollout = route.rollout
         route.quiet = False
         route.changed = True
@@ -656,15 +515,7 @@ class Engine:
         return msgspec.json.encode(state)
 
     def snapshot_rollout(self, name: str) -> bytes:
-        route = self._routes[name]
-        return msgspec.json.encode(
-            {
-                "rollout": route.rollout.dump(),
-                "requests": {f.cohort: f.series.dump() for f in route.feeds},
-                "gauges": [[c, n, f.series.dump()] for (c, n), f in route.gauges.items()],
-                "counters": [[c, n, f.series.dump()] for (c, n), f in route.counters.items()],
-            }
-        )
+        return msgspec.json.encode(dump_route(self._routes[name]))
 
     def take_changed(self) -> set[str]:
         """Rollouts whose state may differ from their last snapshot; resets the set."""
@@ -717,7 +568,7 @@ class Engine:
         for name, part in rollouts.items():
             route = engine._routes.get(name)
             if route is not None:
-                _load_route(route, msgspec.json.decode(part))
+                load_route(route, msgspec.json.decode(part))
                 engine._restored.add(name)
         return engine
 
@@ -730,88 +581,9 @@ def _time_of(now: float | None, ts: float, clock: float) -> float:
     return ts if ts > clock else clock
 
 
-def _feed_of(feeds: tuple[_Feed, ...], cohort: str) -> _Feed | None:
-    for feed in feeds:
-        if feed.cohort == cohort:
-            return feed
-    return None
-
-
-def _wake_readers(
-    route: _Route,
-    readers: tuple[TriggerRuntime, ...],
-    own: bool,
-    shortcuts: bool,
-    count: int,
-    errors: int,
-    latencies: int,
-    low: float,
-    high: float,
-) -> None:
-    """`Engine._wake` for the triggers that read the series as their own cohort (`own`) or
-    as their baseline: a trigger the requests cannot move toward a breach only goes stale."""
-    for trig in readers:
-        if shortcuts and not trig.dirty and trig.holds(own, count, errors, latencies, low, high):
-            trig.stale = True
-        else:
-            trig.dirty = True
-            route.woke = True
-
-
 def bucket_number(ts: float, bucket: float) -> int:
     """`int(ts // bucket)`, the bucket holding `ts`; floor(ts) when buckets are 1 s, the
     same number without a float division (fmod) per event."""
     if bucket == 1.0:
         return math.floor(ts)
     return int(ts // bucket)
-
-
-def _due(route: _Route, now: float) -> float:
-    """When the armed rollout must next be evaluated even if no trigger wakes: the earliest
-    time its state could move on the clock alone, after an evaluation at `now`.
-
-    A trigger's `next_change`; the end of the hold or bake; once that has passed (the gate
-    or the advance window kept the step), the window's reopening: the gate opens only when
-    a trigger moves, which is a wake or a `next_change`. A schedule waits for `start_at`.
-    """
-    rollout = route.rollout
-    if rollout.scheduled:
-        start_at = rollout.spec.start_at
-        return -math.inf if start_at is None else start_at
-    due = math.inf
-    started_at = rollout.started_at
-    for trig in rollout.triggers:
-        change = trig.next_change(now, started_at)
-        if change < due:
-            due = change
-    deadline = rollout.deadline()
-    if deadline > now:
-        return deadline if deadline < due else due
-    shut_from, shut_until = rollout.window_shut
-    if shut_from <= now < shut_until and shut_until < due:
-        return shut_until
-    return due
-
-
-def _is_quiet(route: _Route) -> bool:
-    if route.rollout.scheduled:
-        return False  # its start is a deadline: every boundary counts
-    triggers = route.rollout.triggers
-    if not triggers or any(t.outcome != INSUFFICIENT for t in triggers):
-        return False
-    if any(v.count for f in route.feeds for v in f.series.views):
-        return False
-    feeds = (*route.gauges.values(), *route.counters.values())
-    return not any(v.samples for f in feeds for v in f.series.views)
-
-
-def _load_route(route: _Route, data: dict[str, Any]) -> None:
-    route.rollout.load(data["rollout"])
-    for cohort, dump in data["requests"].items():
-        feed = _feed_of(route.feeds, cohort)
-        if feed is not None:
-            feed.series.load(dump)
-    for table, rows in ((route.gauges, data["gauges"]), (route.counters, data["counters"])):
-        for cohort, name, dump in rows:
-            if (cohort, name) in table:
-                table[(cohort, name)].series.load(dump)

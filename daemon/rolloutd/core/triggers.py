@@ -16,7 +16,7 @@ Rules:
 * Readings are cached: a trigger is re-read only when a series it reads changed (`dirty`)
   or its result depends on the clock (presence ops).
 * A request that cannot turn an OK reading into a breach does not make the trigger dirty
-  (`holds`): an OK request cannot raise an error rate, a latency at or below the p99 cannot
+  (`skips.holds`, which reads the parts of the last reading kept here): an OK request cannot raise an error rate, a latency at or below the p99 cannot
   raise the p99, a bound at its fixed threshold cannot come closer. The reasoning is exact
   (integer cross-multiplication for rates, histogram slots for quantiles), so a decision
   never depends on it; only the value shown between reads may lag (`stale`, `refresh`).
@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from typing import Any, Final
 
+from rolloutd.core.histogram import slot_value
 from rolloutd.core.machines import (
     BREACH_HELD,
     BREACH_SEEN,
@@ -40,7 +41,7 @@ from rolloutd.core.machines import (
     TRIGGER_TRANSITIONS,
 )
 from rolloutd.core.spec import TriggerSpec
-from rolloutd.core.windows import RequestView, SampleSeries, SampleView, slot_value
+from rolloutd.core.windows import RequestView, SampleSeries, SampleView
 
 OK: Final = 0
 BREACH: Final = 1
@@ -351,48 +352,6 @@ class TriggerRuntime:
             m *= 4
         # The margin covers the rounding of the float rank arithmetic (int(q * (n - 1))).
         return int((best - 1) / (1.0 - q) * (1.0 - 1e-6)) if best > 1 else 0
-
-    def holds(
-        self, own: bool, count: int, errors: int, latencies: int, low: float, high: float
-    ) -> bool:
-        """Whether adding requests to the own (`own`) or the baseline series keeps this
-        OK, inactive reading OK, so the trigger need not be read again yet.
-
-        `count` requests with `errors` errors and `latencies` latencies between `low` and
-        `high` (`low > high` when there are none). Invariants kept between reads: the own value
-        has not moved toward the breach since the reading, nor the bound toward the value.
-        """
-        mode = self.mode
-        if mode == NEVER or self.outcome != OK or self.state != INACTIVE:
-            return False
-        if own:
-            down = self.own_down
-        else:
-            if self.base_free:
-                return True  # the bound never passes its threshold, the value is within it
-            down = self.base_down
-        if mode == RATE:
-            # errors/count vs num/den, exactly: the rate of the sum moves the same way.
-            if own:
-                lhs, rhs = errors * self.den, self.num * count
-            else:
-                lhs, rhs = errors * self.base_den, self.base_num * count
-            return lhs <= rhs if down else lhs >= rhs
-        if mode == QUANTILE:
-            if low > high:
-                return True  # no latency: the quantile stays
-            # A value at or below the quantile's slot value lands in a slot at or below it,
-            # and then the quantile's slot cannot rise (and symmetrically).
-            ref = self.value if own else self.base_value
-            assert ref is not None
-            if high <= ref if down else low >= ref:
-                return True
-            if own or self.base_budget < latencies:
-                return False
-            self.base_budget -= latencies
-            return True
-        # COUNT: every request raises the request rate.
-        return count == 0 if down else True
 
     def refresh(self) -> None:
         """Bring a stale reading up to date, for display: decisions never need it. Only

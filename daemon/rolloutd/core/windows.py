@@ -9,7 +9,7 @@ Rules:
   view that covers the bucket, advancing subtracts the bucket that leaves each view. O(views)
   per event, O(views) per bucket of advance, and a jump longer than the ring is a reset.
 * Memory is bounded by the ring length, never by the event rate: latencies are counted in a
-  log-bucket histogram (relative error <= 1%), not stored.
+  log-bucket histogram (relative error <= 1%, `histogram.py`), not stored.
 * A sample older than the ring (`bucket <= head - ring`) is refused (`add` returns False).
 """
 
@@ -17,175 +17,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any, Final, TypeAlias
+from typing import Any, Final
 
 from librt.vecs import append, vec
 from mypy_extensions import i64
 
-# Log-bucket histogram: bucket i holds values in (gamma^(i-1), gamma^i]; its representative
-# value 2 gamma^i / (gamma + 1) is within ALPHA of every value in it.
-ALPHA: Final = 0.01
-GAMMA: Final = (1 + ALPHA) / (1 - ALPHA)
-_LOG_GAMMA: Final = math.log(GAMMA)
-MIN_LATENCY_MS: Final = 1e-3  # smaller values count as 0
-MAX_LATENCY_MS: Final = 1e8  # larger values are clamped (about 28 hours)
-_IDX_LOW: Final = math.ceil(math.log(MIN_LATENCY_MS) / _LOG_GAMMA)
-_IDX_HIGH: Final = math.ceil(math.log(MAX_LATENCY_MS) / _LOG_GAMMA)
-# Histogram slot 0 is "zero"; slot k >= 1 is log-bucket index _IDX_LOW + k - 1.
-HIST_SLOTS: Final = _IDX_HIGH - _IDX_LOW + 2
-# A window's histogram keeps a count per slot and per block of 32 slots.
-_BLOCK_BITS: Final = 5
-_BLOCKS: Final = (HIST_SLOTS >> _BLOCK_BITS) + 1
-
-
-def latency_slot(value_ms: float) -> int:
-    """The histogram slot of one latency."""
-    if value_ms < MIN_LATENCY_MS:
-        return 0
-    if value_ms >= MAX_LATENCY_MS:
-        return HIST_SLOTS - 1
-    return math.ceil(math.log(value_ms) / _LOG_GAMMA) - _IDX_LOW + 1
-
-
-def slot_value(slot: int) -> float:
-    """The representative latency of a histogram slot."""
-    if slot == 0:
-        return 0.0
-    return 2.0 * GAMMA ** (slot - 1 + _IDX_LOW) / (GAMMA + 1.0)
-
-
-class _Histogram:
-    """Latency counts per histogram slot: O(1) update, rank search by scanning blocks.
-
-    A count per slot and a count per block of 32 slots. An update touches two cells, where a
-    Fenwick tree touched eleven; a search walks blocks from the nearer end of the
-    distribution (a p99 starts from the top), then slots within one block. Latencies cluster
-    in a few blocks, so a search is a few dozen steps at most.
-
-    `version` counts updates, so a rank search can be reused until the counts change (a
-    baseline trigger reads the other cohort's quantile on every event of its own cohort).
-    """
-
-    __slots__ = (
-        "blocks",
-        "cached_rank",
-        "cached_slot",
-        "cached_version",
-        "slots",
-        "total",
-        "version",
-    )
-
-    def __init__(self) -> None:
-        self.slots = vec[i64]([0] * (_BLOCKS << _BLOCK_BITS))
-        self.blocks = vec[i64]([0] * _BLOCKS)
-        self.total: i64 = 0
-        self.version: i64 = 0
-        # The last search, valid while version == cached_version: a quantile is read once
-        # per change on its own side, and on every event of the other side as a baseline.
-        self.cached_rank: i64 = -1
-        self.cached_slot: i64 = 0
-        self.cached_version: i64 = 0
-
-    def add(self, slot: i64, delta: i64) -> None:
-        self.version += 1
-        self.total += delta
-        slots = self.slots
-        slots[slot] = slots[slot] + delta
-        blocks = self.blocks
-        block = slot >> _BLOCK_BITS
-        blocks[block] = blocks[block] + delta
-
-    def slot_at(self, rank: i64) -> i64:
-        """`search`, remembered until the counts change."""
-        if self.cached_version == self.version and self.cached_rank == rank:
-            return self.cached_slot
-        slot = self.cached_slot = self.search(rank)
-        self.cached_rank, self.cached_version = rank, self.version
-        return slot
-
-    def search(self, rank: i64) -> i64:
-        """The smallest slot whose cumulative count exceeds `rank` (0-based, < total)."""
-        blocks, slots = self.blocks, self.slots
-        block: i64
-        slot: i64
-        if 2 * rank < self.total:
-            block = 0
-            while rank >= blocks[block]:
-                rank -= blocks[block]
-                block += 1
-            slot = block << _BLOCK_BITS
-            while rank >= slots[slot]:
-                rank -= slots[slot]
-                slot += 1
-            return slot
-        above = self.total - 1 - rank  # samples after the one of rank `rank`
-        block = _BLOCKS - 1
-        while above >= blocks[block]:
-            above -= blocks[block]
-            block -= 1
-        slot = ((block + 1) << _BLOCK_BITS) - 1
-        while above >= slots[slot]:
-            above -= slots[slot]
-            slot -= 1
-        return slot
-
-
-# A bucket's latencies: entries `slot << 32 | count` in a `vec[i64]`. The current bucket's
-# record grows by one entry per latency (an append, no dict), and is compacted to one entry
-# per distinct slot when it reaches _COMPACT_AT entries, or when the bucket closes with more
-# than _RAW_MAX; so a record never holds more than _COMPACT_AT entries, whatever the rate.
-# A slot's count beyond 32 bits takes several entries.
-_COUNT_BITS: Final = 32
-_COUNT_MASK: Final = (1 << 32) - 1
-_RAW_MAX: Final = 64
-_COMPACT_AT: Final = 2 * HIST_SLOTS
-# (A string: compiled, `vec[i64]` would be spelled `vec[int]` at import time.)
-_Entries: TypeAlias = "vec[i64]"
-# Compaction's counting table: all zeros between calls.
-_TALLY: Final = vec[i64]([0] * HIST_SLOTS)
-
-
-def _compacted(entries: _Entries) -> _Entries:
-    """The same latencies, one entry per distinct slot (more if a count passes 32 bits)."""
-    tally = _TALLY
-    seen = vec[i64]()
-    for entry in entries:
-        slot = entry >> _COUNT_BITS
-        if tally[slot] == 0:
-            seen = append(seen, slot)
-        tally[slot] = tally[slot] + (entry & _COUNT_MASK)
-    out = vec[i64](capacity=len(seen))
-    for slot in seen:
-        out = _with_count(out, slot, tally[slot])
-        tally[slot] = 0
-    return out
-
-
-def _entries(pairs: Iterable[tuple[int, int]]) -> _Entries:
-    """A record of (slot, count) pairs."""
-    out = vec[i64]()
-    for slot, count in pairs:
-        out = _with_count(out, slot, count)
-    return out
-
-
-def _with_count(record: _Entries, slot: i64, count: int) -> _Entries:
-    """`record` with `count` more latencies in `slot`, in entries of at most 32 bits."""
-    while count > 0:
-        part = min(count, _COUNT_MASK)
-        record = append(record, (slot << _COUNT_BITS) | part)
-        count -= part
-    return record
-
-
-def _pairs(entries: _Entries) -> list[list[int]]:
-    """[slot, count] per distinct slot, in slot order (the snapshot's form)."""
-    counts: dict[int, int] = {}
-    for entry in entries:
-        slot = entry >> _COUNT_BITS
-        counts[slot] = counts.get(slot, 0) + (entry & _COUNT_MASK)
-    return [[slot, counts[slot]] for slot in sorted(counts)]
+from rolloutd.core.histogram import (
+    COMPACT_AT,
+    COUNT_BITS,
+    COUNT_MASK,
+    RAW_MAX,
+    Entries,
+    Histogram,
+    compacted,
+    entries_of,
+    latency_slot,
+    pairs_of,
+    slot_value,
+)
 
 
 class RequestView:
@@ -199,7 +48,7 @@ class RequestView:
         self.errors = 0
         self.slow = 0
         self.latencies = 0
-        self.histogram = _Histogram() if track_latency else None
+        self.histogram = Histogram() if track_latency else None
 
     def quantile(self, q: float) -> float | None:
         """The q-quantile of the latencies in the view (lower rank rule), or None if empty."""
@@ -294,8 +143,8 @@ class RequestSeries(_Ring):
         self._count = vec[i64]([0] * n)
         self._errors = vec[i64]([0] * n)
         self._slow = vec[i64]([0] * n)
-        self._hist: list[_Entries | None] | None = [None] * n if track_latency else None
-        self._open: _Entries = vec[i64]()
+        self._hist: list[Entries | None] | None = [None] * n if track_latency else None
+        self._open: Entries = vec[i64]()
 
     @property
     def tracks_latency(self) -> bool:
@@ -335,7 +184,7 @@ class RequestSeries(_Ring):
         record = self._record(hist_ring, slot, age)
         for value in latencies:
             s = latency_slot(value)
-            record = append(record, (s << _COUNT_BITS) | 1)
+            record = append(record, (s << COUNT_BITS) | 1)
             for view in views:
                 histogram = view.histogram
                 if histogram is not None and age < view.span:
@@ -346,19 +195,17 @@ class RequestSeries(_Ring):
                 view.latencies += len(latencies)
         return True
 
-    def _record(self, hist_ring: list[_Entries | None], slot: int, age: int) -> _Entries:
+    def _record(self, hist_ring: list[Entries | None], slot: int, age: int) -> Entries:
         """The latency record of the bucket `age` buckets before the head."""
         if age == 0:
             return self._open
         record = hist_ring[slot]
         return record if record is not None else vec[i64]()
 
-    def _keep(
-        self, hist_ring: list[_Entries | None], slot: int, age: int, record: _Entries
-    ) -> None:
+    def _keep(self, hist_ring: list[Entries | None], slot: int, age: int, record: Entries) -> None:
         """Store a record back after appending to it, compacted once it is long."""
-        if len(record) >= _COMPACT_AT:
-            record = _compacted(record)
+        if len(record) >= COMPACT_AT:
+            record = compacted(record)
         if age == 0:
             self._open = record
         else:
@@ -372,8 +219,8 @@ class RequestSeries(_Ring):
             record = self._open
             if len(record):
                 if bucket - previous < self.span_max:
-                    if len(record) > _RAW_MAX:
-                        record = _compacted(record)
+                    if len(record) > RAW_MAX:
+                        record = compacted(record)
                     hist_ring[previous % self.span_max] = record
                 self._open = vec[i64]()
         super().advance(bucket)
@@ -397,7 +244,7 @@ class RequestSeries(_Ring):
         age = head - bucket
         if hist_ring is not None and latency_ms is not None:
             lat_slot = latency_slot(latency_ms)
-            record = append(self._record(hist_ring, slot, age), (lat_slot << _COUNT_BITS) | 1)
+            record = append(self._record(hist_ring, slot, age), (lat_slot << COUNT_BITS) | 1)
             self._keep(hist_ring, slot, age, record)
         for view in self.views:
             if age < view.span:
@@ -423,8 +270,8 @@ class RequestSeries(_Ring):
                 record = hist_ring[old]
                 if record is not None:
                     for entry in record:
-                        count = entry & _COUNT_MASK
-                        histogram.add(entry >> _COUNT_BITS, -count)
+                        count = entry & COUNT_MASK
+                        histogram.add(entry >> COUNT_BITS, -count)
                         view.latencies -= count
         slot = bucket % n
         self._count[slot] = 0
@@ -438,7 +285,7 @@ class RequestSeries(_Ring):
         for view in self.views:
             view.count = view.errors = view.slow = view.latencies = 0
             if view.histogram is not None:
-                view.histogram = _Histogram()
+                view.histogram = Histogram()
         n = self.span_max
         self._count = vec[i64]([0] * n)
         self._errors = vec[i64]([0] * n)
@@ -453,7 +300,7 @@ class RequestSeries(_Ring):
         rows = []
         head, n, hists = self.head, self.span_max, self._hist
         if head is not None:
-            records: list[_Entries | None] = []
+            records: list[Entries | None] = []
             if hists is not None:
                 records = list(hists)
                 records[head % n] = self._open
@@ -463,7 +310,7 @@ class RequestSeries(_Ring):
             for slot in used:
                 b = head - (head - slot) % n
                 record = records[slot] if records else None
-                h = _pairs(record) if record else []
+                h = pairs_of(record) if record else []
                 rows.append([b, self._count[slot], self._errors[slot], self._slow[slot], h])
             rows.sort()
         return {"head": head, "rows": rows}
@@ -479,7 +326,7 @@ class RequestSeries(_Ring):
         if self._hist is None or not hist:
             return
         age = self.top - bucket
-        self._keep(self._hist, bucket % self.span_max, age, _entries((s, c) for s, c in hist))
+        self._keep(self._hist, bucket % self.span_max, age, entries_of((s, c) for s, c in hist))
         for view in self.views:
             if age < view.span and view.histogram is not None:
                 for s, c in hist:

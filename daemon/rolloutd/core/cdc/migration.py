@@ -41,7 +41,7 @@ from rolloutd.core.cdc.rows import (
     table_pattern,
 )
 from rolloutd.core.cdc.state import KeyTable, position
-from rolloutd.core.windows import latency_slot, slot_value
+from rolloutd.core.histogram import latency_slot, slot_value
 
 FAILURE_KINDS = ("missing", "extra", "mismatch")
 STATS_WINDOW = 60  # seconds
