@@ -16,11 +16,12 @@ Rules:
 * Readings are cached: a trigger is re-read only when a series it reads changed (`dirty`)
   or its result depends on the clock (presence ops).
 * A request that cannot turn an OK reading into a breach does not make the trigger dirty
-  (`skips.holds`, which reads the parts of the last reading kept here): an OK request cannot raise an error rate, a latency at or below the p99 cannot
-  raise the p99, a bound at its fixed threshold cannot come closer. The reasoning is exact
-  (integer cross-multiplication for rates, histogram slots for quantiles), so a decision
-  never depends on it; only the value shown between reads may lag (`stale`, `refresh`).
-  Every bucket boundary reads again, since what leaves a window can move either way.
+  (`skips.holds`, which reads the parts of the last reading kept here): an OK request
+  cannot raise an error rate, a latency at or below the p99 cannot raise the p99, a bound
+  at its fixed threshold cannot come closer. The reasoning is exact (integer
+  cross-multiplication for rates, histogram slots for quantiles), so a decision never
+  depends on it; only the value shown between reads may lag (`stale`, `refresh`). Every
+  bucket boundary reads again, since what leaves a window can move either way.
 """
 
 from __future__ import annotations
