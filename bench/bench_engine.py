@@ -15,6 +15,7 @@ run with the best engine rate is shown, with its own floor. Target: decode + eng
 
 Run: .venv/bin/python bench/bench_engine.py [--events N] [--rollouts N] [--seed S] [--quick]
      .venv/bin/python bench/bench_engine.py --breakdown     (engine only, per kind of trigger)
+     .venv/bin/python bench/bench_engine.py --judges        (half the rollouts also judged)
      .venv/bin/python bench/bench_engine.py --profile cprofile|pyinstrument
 """
 
@@ -44,7 +45,7 @@ from rolloutd.core.decisions import Decision
 from rolloutd.core.engine import Engine
 from rolloutd.core.events import Event, Rejection, decode_one
 from rolloutd.core.intake import take
-from rolloutd.core.spec import EngineSpec
+from rolloutd.core.spec import EngineSpec, JudgeSpec, TriggerSpec
 
 TARGET_RATE = 500_000.0
 TARGET_RATIO = 0.25
@@ -172,6 +173,53 @@ def without(spec: EngineSpec, drop: set[str]) -> EngineSpec:
     return replace(spec, rollouts=rollouts)
 
 
+JUDGE = TriggerSpec(
+    name="worse",
+    metric="error_rate",
+    op=">=",
+    window=1.0,
+    min_samples=100,
+    judge=JudgeSpec(srm_alpha=0.001),
+)
+JUDGE_SRM = replace(
+    JUDGE, name="worse:srm", action="alert", judge=JudgeSpec(srm_alpha=0.001, srm_of="worse")
+)
+
+
+def with_judges(spec: EngineSpec) -> EngineSpec:
+    """Every other rollout also carries a judge (grid counts) and its sample-ratio check."""
+    rollouts = tuple(
+        replace(r, triggers=(*r.triggers, JUDGE, JUDGE_SRM)) if i % 2 else r
+        for i, r in enumerate(spec.rollouts)
+    )
+    return replace(spec, rollouts=rollouts)
+
+
+def judges(spec: EngineSpec, lines: Sequence[bytes], repeat: int) -> None:
+    """Decode + engine with and without judges, alternating, each against its own floor."""
+    judged = with_judges(spec)
+    plain_runs, judged_runs = [], []
+    for _ in range(repeat):
+        plain_runs.append(run(spec, lines))
+        judged_runs.append(run(judged, lines))
+    plain, with_j = best(plain_runs), best(judged_runs)
+    print(f"\n{'decode + engine':<30}{'events/s':>12}{'us/event':>10}{'vs decode-only':>16}")
+    _row("without judges", plain.rate, f"{plain.ratio:.1%}")
+    _row("half the rollouts judged", with_j.rate, f"{with_j.ratio:.1%}")
+    pairs = zip(plain_runs, judged_runs, strict=True)
+    spread = ", ".join(f"{a.ratio:.1%} / {b.ratio:.1%}" for a, b in pairs)
+    print(f"without / with judges vs decode-only, every run: {spread}")
+    kept = with_j.ratio / plain.ratio
+    fired = Counter(
+        getattr(d, "trigger", "") for d in with_j.decisions if getattr(d, "state", "") == "firing"
+    )
+    print(f"decisions with judges: {len(with_j.decisions)}; firing by trigger: {dict(fired)}")
+    print(
+        f"target: judges cost <= 1/3 of the engine's throughput (kept >= 66.7%): "
+        f"{'MET' if kept >= 2 / 3 else 'NOT MET'} (kept {kept:.1%})"
+    )
+
+
 def breakdown(
     spec: EngineSpec, lines: Sequence[bytes], events: Sequence[Event], repeat: int
 ) -> None:
@@ -222,6 +270,9 @@ def main() -> int:
     parser.add_argument(
         "--breakdown", action="store_true", help="also time the engine per kind of trigger"
     )
+    parser.add_argument(
+        "--judges", action="store_true", help="only: decode + engine with half the rollouts judged"
+    )
     parser.add_argument("--profile", choices=("cprofile", "pyinstrument"))
     parser.add_argument("--top", type=int, default=30, help="cProfile rows to print")
     args = parser.parse_args()
@@ -233,6 +284,9 @@ def main() -> int:
     print(describe(workload, len(lines)))
     if args.profile:
         profile(spec, lines, args.profile, args.top)
+        return 0
+    if args.judges:
+        judges(spec, lines, args.repeat)
         return 0
     pipeline = [run(spec, lines) for _ in range(args.repeat)]
     events = decode_all(lines)

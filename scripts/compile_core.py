@@ -30,6 +30,8 @@ MODULES = (
     "machines",
     "histogram",
     "windows",
+    "judge",
+    "judging",
     "triggers",
     "rollout",
     "routes",

@@ -753,6 +753,8 @@ def test_example_config_loads() -> None:
     assert [t.name for t in engine.rollouts[0].triggers] == [
         "error-spike",
         "slow-canary",
+        "worse-than-control",
+        "worse-than-control:srm",
         "checkout-availability",
         "users-breaker-open",
     ]
@@ -824,7 +826,7 @@ def test_json_schema_shape() -> None:
     assert "for_" not in trigger_props
     # window: a duration, or left out for breaker: metrics (checked by a validator)
     assert {t["type"] for t in trigger_props["window"]["anyOf"]} == {"string", "number", "null"}
-    assert schema["$defs"]["Trigger"]["required"] == ["metric", "op"]
+    assert schema["$defs"]["Trigger"]["required"] == ["metric"]  # op, or a judge
 
 
 SECRET = "hunter2-SECRET-value"

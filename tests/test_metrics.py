@@ -115,3 +115,53 @@ async def test_a_reload_creates_the_series_of_new_rollouts_and_notifiers(tmp_pat
         assert value(svc, "rolloutd_rollbacks_total", rollout="co", trigger="errors") == 0.0
     finally:
         svc.store.close()
+
+
+JUDGED = """
+  - name: co
+    flag: co_flag
+    steps: [{percent: 5, hold: 1h}, {percent: 100}]
+    triggers:
+      - {name: worse, metric: error_rate, judge: {alpha: 0.05}, min_samples: 100}
+"""
+
+
+async def test_a_judge_exports_its_evidence_per_trigger(tmp_path: Path) -> None:
+    path = tmp_path / "rolloutd.yaml"
+    path.write_text(f'rollouts:{JUDGED}state: {{path: "{tmp_path / "s.db"}"}}\n')
+    svc = Service(load_config(path), config_path=path)
+    try:
+        now = 1_800_000_000.0
+        events = [
+            b'{"ts": %d, "type": "requests", "rollout": "co", "cohort": "%s", "count": %d, '
+            b'"errors": %d}' % (now + i, cohort, n, errors)
+            for i in range(60)
+            for cohort, n, errors in ((b"canary", 50, 5), (b"control", 950, 10))
+        ]
+        svc.pipeline.ingest("mqtt", events, now + 60)
+        svc.pipeline.tick(now + 61)  # the bucket closes: the judge reads it
+        labels = {"rollout": "co", "trigger": "worse"}
+        e_value = value(svc, "rolloutd_judge_e_value", **labels)
+        assert e_value is not None
+        assert e_value >= 20.0  # 10% errors on the canary against 1% on control
+        assert value(svc, "rolloutd_trigger_value", **labels) == e_value
+        p_value = value(svc, "rolloutd_judge_p_value", **labels)
+        assert p_value is not None
+        assert p_value <= 1 / e_value
+        low, estimate, high = (
+            value(svc, "rolloutd_judge_effect", **labels, point=p)
+            for p in ("lower", "estimate", "upper")
+        )
+        assert low is not None
+        assert estimate is not None
+        assert high is not None
+        assert 1.0 < low <= estimate <= high
+        assert (
+            value(svc, "rolloutd_judge_samples", **labels, cohort="canary") == 2950
+        )  # not the first:
+        # it came before the rollout started (0%: no split, the judge takes nothing)
+        assert value(svc, "rolloutd_judge_samples", **labels, cohort="control") == 57000
+        srm = {"rollout": "co", "trigger": "worse:srm"}
+        assert value(svc, "rolloutd_judge_e_value", **srm) is not None
+    finally:
+        svc.store.close()

@@ -5,17 +5,23 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from rolloutd.config import load_config
-from rolloutd.tools.simulate import incident_events
+from rolloutd.core.engine import Engine
+from rolloutd.core.events import Rejection, decode_one
+from rolloutd.core.spec import EngineSpec
+from rolloutd.tools.simulate import INCIDENT_START, incident_events, judge_events
 
 ROOT = Path(__file__).parent.parent
 SCENARIOS = ROOT / "daemon" / "rolloutd" / "tools" / "scenarios"
 DEMO_CONFIG = SCENARIOS / "checkout-incident.yaml"
 DEMO_EVENTS = SCENARIOS / "checkout-incident.jsonl"
+JUDGE_CONFIG = SCENARIOS / "checkout-judge.yaml"
+JUDGE_EVENTS = SCENARIOS / "checkout-judge.jsonl"
 
 
 def rolloutd(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -119,3 +125,45 @@ def test_missing_files_are_clear_errors(args: list[str], message: bytes) -> None
     assert result.returncode == 2
     assert message in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+def test_the_judge_rolls_back_a_2x_regression_while_the_thresholds_are_silent() -> None:
+    result = rolloutd("demo", "--replay", "--scenario", "checkout-judge")
+    assert result.returncode == 0, result.stderr
+    decisions = [json.loads(line) for line in result.stdout.splitlines()]
+    triggers = [d for d in decisions if d["kind"] == "trigger"]
+    # Neither threshold trigger (tuned to the same false-positive rate) moved at all.
+    assert [(d["trigger"], d["state"]) for d in triggers] == [("worse-than-control", "firing")]
+    fired = triggers[0]
+    assert fired["evidence"]["e_value"] >= 20.0
+    assert fired["evidence"]["lower"] > 1.0  # the canary's error rate is above control's
+    rollback = [d for d in decisions if d["kind"] == "percent" and d["percent"] == 0]
+    assert [d["reason"] for d in rollback] == ["rollback: worse-than-control"]
+    assert rollback[0]["ts"] == fired["ts"]
+    # The same traffic without the judge: the thresholds roll back, but later.
+    spec = load_config(JUDGE_CONFIG).to_spec()
+    thresholds = spec.rollouts[0].triggers[2:]
+    assert [t.name for t in thresholds] == ["errors-1m", "errors-5m"]
+    later = _first_rollback(
+        replace(spec, rollouts=(replace(spec.rollouts[0], triggers=thresholds),))
+    )
+    assert later is not None
+    assert later > fired["ts"] - INCIDENT_START
+
+
+def _first_rollback(spec: EngineSpec) -> float | None:
+    """Seconds from the start to the first rollback of the judge scenario's traffic."""
+    engine = Engine(spec)
+    for fields in judge_events(spec):
+        event = decode_one(json.dumps(fields))
+        assert not isinstance(event, Rejection)
+        for decision in engine.handle(event):
+            if decision.kind == "phase" and getattr(decision, "phase", "") == "rolled_back":
+                return decision.ts - INCIDENT_START
+    return None
+
+
+def test_bundled_judge_scenario_is_what_the_simulator_generates() -> None:
+    spec = load_config(JUDGE_CONFIG).to_spec()
+    generated = [json.dumps(f, separators=(",", ":")) for f in judge_events(spec)]
+    assert JUDGE_EVENTS.read_text().splitlines() == generated

@@ -22,6 +22,8 @@ COMPILED_MODULES = (
     "machines",
     "histogram",
     "windows",
+    "judge",
+    "judging",
     "triggers",
     "rollout",
     "routes",

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, get_args
 
+import msgspec
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -26,6 +27,7 @@ from rolloutd.core.decisions import Decision, to_dict
 from rolloutd.core.events import CommandName
 from rolloutd.core.machines import BREAKER_COMMANDS, COMMANDS
 from rolloutd.core.rollout import RolloutRuntime
+from rolloutd.core.triggers import TriggerRuntime
 
 MUTATIONS = COMMANDS
 assert set(MUTATIONS) <= set(get_args(CommandName))
@@ -72,11 +74,18 @@ def rollout_view(rollout: RolloutRuntime, recent: Sequence[Decision]) -> dict[st
                 "threshold": _finite(t.bound),
                 "samples": t.samples,
                 "action": t.spec.action,
+                **_evidence(t),
             }
             for t in rollout.triggers
         ],
         "recent_decisions": [to_dict(d) for d in recent],
     }
+
+
+def _evidence(trig: TriggerRuntime) -> dict[str, Any]:
+    """A judge trigger's evidence (core/judging.py); nothing for other triggers."""
+    evidence = trig.evidence()
+    return {} if evidence is None else {"evidence": msgspec.to_builtins(evidence)}
 
 
 def _finite(value: float | None) -> float | None:

@@ -99,6 +99,46 @@ class RolloutdCollector(Collector):
                 if trig.bound is not None:
                     bound.add_metric(labels, trig.bound)
         yield from (percent, phase, state, value, bound)
+        yield from self._judges()
+
+    def _judges(self) -> Iterator[Metric]:
+        """The evidence of judge triggers (and their sample-ratio checks), per trigger."""
+        e_value = GaugeMetricFamily(
+            "rolloutd_judge_e_value",
+            "Judge's e-value (Lambda for proportion and mean); decides at 1/alpha",
+            labels=["rollout", "trigger"],
+        )
+        p_value = GaugeMetricFamily(
+            "rolloutd_judge_p_value",
+            "Judge's always-valid p-value (the minimum over time of 1/e-value)",
+            labels=["rollout", "trigger"],
+        )
+        effect = GaugeMetricFamily(
+            "rolloutd_judge_effect",
+            "Effect estimate with its always-valid bounds (rate ratio for counts and the "
+            "split, canary minus control for proportion and mean)",
+            labels=["rollout", "trigger", "point"],
+        )
+        samples = GaugeMetricFamily(
+            "rolloutd_judge_samples",
+            "Requests the judge has seen, by cohort",
+            labels=["rollout", "trigger", "cohort"],
+        )
+        for rollout in self.pipeline().engine.rollouts:
+            for trig in rollout.triggers:
+                evidence = trig.evidence()
+                if evidence is None:
+                    continue
+                labels = [rollout.spec.name, trig.spec.name]
+                e_value.add_metric(labels, evidence.e_value)
+                p_value.add_metric(labels, evidence.p_value)
+                points = {"estimate": evidence.estimate, "lower": evidence.lower}
+                for point, x in {**points, "upper": evidence.upper}.items():
+                    if x is not None:
+                        effect.add_metric([*labels, point], x)
+                for cohort, n in evidence.samples.items():
+                    samples.add_metric([*labels, cohort], float(n))
+        yield from (e_value, p_value, effect, samples)
 
     def _pipeline_counters(self) -> Iterator[Metric]:
         stats = self.pipeline().stats

@@ -27,7 +27,28 @@ def describe_rollout(rollout: spec.RolloutSpec) -> list[str]:
     return lines if rollout.triggers else [*lines, "  no triggers"]
 
 
+def _describe_judge(trigger: spec.TriggerSpec, judge: spec.JudgeSpec) -> str:
+    if judge.srm_of is not None:
+        text = (
+            f"{trigger.name}: the split of {judge.srm_of}'s requests against the planned "
+            f"percent, alpha {judge.srm_alpha:g}"
+        )
+    else:
+        test = f"{judge.test} ({judge.mixture})" if judge.test == "counts" else judge.test
+        text = (
+            f"{trigger.name}: {trigger.metric}[{trigger.cohort}] worse than "
+            f"[{judge.against}], judged by {test} at alpha {judge.alpha:g}"
+        )
+        if judge.per_key:
+            text += ", one error per key per bucket"
+    if trigger.min_samples:
+        text += f", min {trigger.min_samples} samples"
+    return text + f" -> {trigger.action} ({trigger.severity})"
+
+
 def _describe_trigger(trigger: spec.TriggerSpec) -> str:
+    if trigger.judge is not None:
+        return _describe_judge(trigger, trigger.judge)
     condition = f"{trigger.metric}[{trigger.cohort}] {trigger.op}"
     relative = trigger.baseline and f"{trigger.baseline.factor:g}x {trigger.baseline.cohort}"
     if trigger.threshold is not None and relative:

@@ -49,14 +49,14 @@ Name = Annotated[
     _schema(NAME),
 ]
 Text = Annotated[str, Field(min_length=1)]
-METRIC = "|".join(spec.REQUEST_METRICS) + r"|(gauge|counter|breaker):\S+"
+METRIC = "|".join(spec.REQUEST_METRICS) + r"|latency_mean|(gauge|counter|breaker):\S+"
 Metric = Annotated[
     str,
     _matching(
         METRIC,
         "not a metric: {value!r} (expected error_rate, availability, "
-        "request_rate, latency_p50/90/95/99, gauge:<name>, counter:<name> "
-        "or breaker:<name>)",
+        "request_rate, latency_p50/90/95/99, latency_mean (judges), gauge:<name>, "
+        "counter:<name> or breaker:<name>)",
     ),
     _schema(METRIC),
 ]

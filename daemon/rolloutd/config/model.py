@@ -194,8 +194,11 @@ class Config(Section):
             for index, step in enumerate(rollout.steps)
         )
         triggers = tuple(
-            self.triggers[ref].to_spec(ref) if isinstance(ref, str) else ref.to_spec(ref.name)
+            one
             for ref in rollout.triggers
+            for one in (
+                self.triggers[ref].to_specs(ref) if isinstance(ref, str) else ref.to_specs(ref.name)
+            )
         )
         start_at, window = rollout.start_at, rollout.advance_window
         return spec.RolloutSpec(

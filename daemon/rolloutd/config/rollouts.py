@@ -4,6 +4,7 @@ the baselines they compare against.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from itertools import pairwise
 from typing import Annotated, Literal, Self
 from zoneinfo import ZoneInfo
@@ -51,6 +52,86 @@ class Baseline(Section):
     )
 
 
+class SampleRatio(Section):
+    """The judge's sample-ratio check: the requests' split against the planned percent."""
+
+    alpha: float = Field(
+        0.001,
+        gt=0,
+        lt=1,
+        description=(
+            "False-positive rate of the check (always valid, however often it looks). Default "
+            "0.001."
+        ),
+    )
+    action: Literal["rollback", "pause", "alert"] = Field(
+        "alert",
+        description=(
+            "On a mismatch: alert (default; the step is held while it fires, and the judge's "
+            "verdicts read as insufficient data), pause or rollback."
+        ),
+    )
+    severity: Severity = Field("warning", description="Severity for notifiers. Default warning.")
+
+
+class Judge(Section):
+    """A sequential test of the canary against control, decided on every event."""
+
+    test: Literal["counts", "proportion", "mean"] | None = Field(
+        None,
+        description=(
+            "counts: errors, the anytime-valid Poisson test (error_rate only; the default for "
+            "it); proportion: the error share per request, mixture SPRT (default for "
+            "availability); mean: mean latency, mixture SPRT (latency_mean only)."
+        ),
+    )
+    against: Text = Field("control", description="The control cohort. Default control.")
+    alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description=(
+            "False-positive rate: the chance the judge ever calls a canary with no real "
+            "difference worse, however often it looks. Default 0.05."
+        ),
+    )
+    mixture: Literal["grid", "dirichlet"] = Field(
+        "grid",
+        description=(
+            "counts: grid (default; a mixture over the rate ratio that keeps its evidence "
+            "across ramp steps) or dirichlet (the Beta mixture of one share, restarted at each "
+            "step)."
+        ),
+    )
+    concentration: float = Field(
+        100.0, gt=0, description="dirichlet: the mixture's concentration k. Default 100."
+    )
+    tau: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "proportion and mean: the mixing standard deviation, in the metric's units (about "
+            "the smallest difference worth catching). Default 0.01 for proportion; required "
+            "for mean (milliseconds)."
+        ),
+    )
+    per_key: bool = Field(
+        False,
+        description=(
+            "counts: a request event carrying a `key` counts at most one error per key per "
+            "bucket, so one unit emitting thousands of errors cannot decide alone. Default "
+            "false."
+        ),
+    )
+    srm: SampleRatio | Literal[False] = Field(
+        default_factory=SampleRatio,
+        description=(
+            "The sample-ratio check (a trigger of its own, named <trigger>:srm), or false to "
+            "leave it out."
+        ),
+    )
+
+
 class Trigger(Section):
     """A rollback trigger: a condition over a sliding window, and what to do when it holds."""
 
@@ -75,12 +156,13 @@ class Trigger(Section):
             "engine.bucket. Required, except for breaker: metrics."
         ),
     )
-    op: Op = Field(
+    op: Op | None = Field(
+        None,
         description=(
             "Comparison: >, >=, <, <= (quote them in YAML), or unchanged / absent (gauge: and "
             "counter: metrics only): unchanged fires when the window has samples but no change, "
             "absent when it holds no sample."
-        )
+        ),
     )
     threshold: float | None = Field(
         None,
@@ -130,9 +212,25 @@ class Trigger(Section):
             "Keep watching after the rollout completed (guard at 100% for good). Default false."
         ),
     )
+    judge: Judge | None = Field(
+        None,
+        description=(
+            "Judge the canary against control with a sequential test instead of a bound "
+            "(no op, threshold, baseline or window): error_rate, availability or latency_mean."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_op(self) -> Self:
+        if self.judge is not None:
+            return self._check_judge(self.judge)
+        if self.metric == "latency_mean":
+            raise invalid_at("metric", "latency_mean is read by a judge only")
+        if self.op is None:
+            raise invalid_at("op", "required (or a judge)")
+        return self._check_bound()
+
+    def _check_bound(self) -> Self:
         if self.window is None and not self.metric.startswith("breaker:"):
             raise invalid_at("window", "required")
         if self.op in spec.COMPARISON_OPS:
@@ -151,13 +249,53 @@ class Trigger(Section):
             raise invalid_at("baseline.cohort", f"must differ from the cohort {self.cohort!r}")
         return self
 
+    def _check_judge(self, judge: Judge) -> Self:
+        if self.metric not in spec.JUDGE_METRICS:
+            raise invalid_at(
+                "metric",
+                f"a judge reads error_rate, availability or latency_mean, not {self.metric!r}",
+            )
+        for key in ("op", "threshold", "baseline", "window"):
+            if getattr(self, key) is not None:
+                raise invalid_at(key, "not allowed with a judge")
+        test = _judge_test(self.metric, judge)
+        allowed = {"error_rate": ("counts", "proportion"), "availability": ("proportion",)}
+        if test not in allowed.get(self.metric, ("mean",)):
+            raise invalid_at("judge.test", f"{test!r} does not apply to {self.metric!r}")
+        if test == "mean" and judge.tau is None:
+            raise invalid_at("judge.tau", "required for the mean test (milliseconds)")
+        if judge.against == self.cohort:
+            raise invalid_at("judge.against", f"must differ from the cohort {self.cohort!r}")
+        return self
+
+    def to_specs(self, name: str) -> tuple[spec.TriggerSpec, ...]:
+        """The trigger's specs: itself, and a judge's sample-ratio check after it."""
+        own = self.to_spec(name)
+        judge = self.judge
+        if judge is None or judge.srm is False or own.judge is None:
+            return (own,)
+        srm = judge.srm
+        check = spec.TriggerSpec(
+            name=f"{name}:srm",
+            metric=self.metric,
+            op=">=",
+            window=1.0,
+            cohort=self.cohort,
+            min_samples=self.min_samples,
+            action=srm.action,
+            severity=srm.severity,
+            after_completion=self.after_completion,
+            judge=replace(own.judge, srm_of=name),
+        )
+        return (own, check)
+
     def to_spec(self, name: str) -> spec.TriggerSpec:
         relative = self.baseline
         baseline = None if relative is None else spec.Baseline(relative.cohort, relative.factor)
         return spec.TriggerSpec(
             name=name,
             metric=self.metric,
-            op=self.op,
+            op=self.op or ">=",
             window=self.window or 1.0,
             cohort=self.cohort,
             threshold=self.threshold,
@@ -167,7 +305,28 @@ class Trigger(Section):
             action=self.action,
             severity=self.severity,
             after_completion=self.after_completion,
+            judge=None if self.judge is None else _judge_spec(self.metric, self.judge),
         )
+
+
+def _judge_test(metric: str, judge: Judge) -> str:
+    if judge.test is not None:
+        return judge.test
+    return {"error_rate": "counts", "availability": "proportion"}.get(metric, "mean")
+
+
+def _judge_spec(metric: str, judge: Judge) -> spec.JudgeSpec:
+    srm = judge.srm
+    return spec.JudgeSpec(
+        test=_judge_test(metric, judge),
+        against=judge.against,
+        alpha=judge.alpha,
+        mixture=judge.mixture,
+        concentration=judge.concentration,
+        tau=judge.tau if judge.tau is not None else 0.01,
+        per_key=judge.per_key,
+        srm_alpha=None if srm is False else srm.alpha,
+    )
 
 
 class InlineTrigger(Trigger):

@@ -42,6 +42,23 @@ class PhaseDecision(Decision, frozen=True, omit_defaults=True, kw_only=True):
     actor: str | None = None
 
 
+class Evidence(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """A judge's evidence behind a trigger decision (core/judging.py): the test, its alpha,
+    the e-value (Lambda for the mixture SPRT) and the always-valid p-value, the effect
+    estimate with its always-valid bounds (a rate ratio for counts and the split, the
+    canary's mean minus control's for proportion and mean), requests (and errors) by cohort."""
+
+    test: str
+    alpha: float
+    e_value: float
+    p_value: float
+    estimate: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+    samples: dict[str, int] = {}
+    errors: dict[str, int] | None = None
+
+
 class TriggerDecision(Decision, frozen=True, omit_defaults=True, kw_only=True):
     kind: Literal["trigger"]
     trigger: str
@@ -49,6 +66,7 @@ class TriggerDecision(Decision, frozen=True, omit_defaults=True, kw_only=True):
     value: float | None
     threshold: float | None
     samples: int
+    evidence: Evidence | None = None  # judge triggers only
 
 
 class AlertDecision(Decision, frozen=True, omit_defaults=True, kw_only=True):
@@ -112,6 +130,8 @@ def to_dict(decision: Decision) -> dict[str, object]:
         value = getattr(decision, info.name)
         if info.default is not msgspec.NODEFAULT and value == info.default:
             continue
+        if isinstance(value, msgspec.Struct):
+            value = msgspec.to_builtins(value)
         result[info.encode_name] = value
     return result
 

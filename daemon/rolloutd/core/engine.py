@@ -57,6 +57,7 @@ _COHORT: Final = Request.__struct_fields__.index("cohort")
 _SERVICE: Final = Request.__struct_fields__.index("service")
 _OK: Final = Request.__struct_fields__.index("ok")
 _LATENCY: Final = Request.__struct_fields__.index("latency_ms")
+_KEY: Final = Request.__struct_fields__.index("key")
 _COUNT: Final = Requests.__struct_fields__.index("count")
 _ERRORS: Final = Requests.__struct_fields__.index("errors")
 _SLOW: Final = Requests.__struct_fields__.index("slow")
@@ -275,6 +276,8 @@ class Engine:
             sample_feed.series.advance(bucket)
         for sample_feed in route.counters.values():
             sample_feed.series.advance(bucket)
+        for judged in route.judges:
+            judged.judge.flush()  # the closed bucket's evidence, read at its end
         for trig in route.rollout.triggers:
             trig.dirty = True
 
@@ -394,11 +397,15 @@ class Engine:
     # wakes the route when a trigger must be read again. `fields` is the event as a tuple.
 
     def _request(self, route: Route, fields: tuple[Any, ...], bucket: int) -> bool | None:
-        feed = feed_of(route.feeds, fields[_COHORT])
-        if feed is None:
-            return None
         ok: bool = fields[_OK]
         latency: float | None = fields[_LATENCY]
+        judged = False
+        if route.judges:
+            lats = () if latency is None else (latency,)
+            judged = _judge(route, fields[_COHORT], 1, 0 if ok else 1, lats, fields[_KEY], bucket)
+        feed = feed_of(route.feeds, fields[_COHORT])
+        if feed is None:
+            return True if judged else None
         if not feed.series.add_one(bucket, not ok, latency):
             return False
         errors = 0 if ok else 1
@@ -409,12 +416,15 @@ class Engine:
         return True
 
     def _requests(self, route: Route, fields: tuple[Any, ...], bucket: int) -> bool | None:
-        feed = feed_of(route.feeds, fields[_COHORT])
-        if feed is None:
-            return None
         lats: tuple[float, ...] = fields[_LATENCIES]
         count: int = fields[_COUNT]
         errors: int = fields[_ERRORS]
+        judged = False
+        if route.judges:
+            judged = _judge(route, fields[_COHORT], count, errors, lats, None, bucket)
+        feed = feed_of(route.feeds, fields[_COHORT])
+        if feed is None:
+            return True if judged else None
         if not feed.series.add(bucket, count, errors, fields[_SLOW], lats):
             return False
         low, high = 1.0, 0.0  # low > high: no latencies
@@ -579,6 +589,28 @@ def _time_of(now: float | None, ts: float, clock: float) -> float:
     if now is not None:
         return now
     return ts if ts > clock else clock
+
+
+def _judge(
+    route: Route,
+    cohort: str,
+    count: int,
+    errors: int,
+    latencies: tuple[float, ...],
+    key: str | None,
+    bucket: int,
+) -> bool:
+    """Requests into the open bucket of the route's judges (at the rollout's share now);
+    whether one took them. The tests see them when the bucket closes (`_slide`)."""
+    took = False
+    rho = route.rollout.percent / 100.0
+    for feed in route.judges:
+        judge = feed.judge
+        arm = judge.arm(cohort)
+        if arm >= 0:
+            judge.take(arm, count, errors, latencies, rho, key, bucket)
+            took = True
+    return took
 
 
 def bucket_number(ts: float, bucket: float) -> int:

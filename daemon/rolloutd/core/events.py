@@ -124,6 +124,9 @@ class Request(_EventBase, tag="request", frozen=True, kw_only=True, gc=False):
         ok: bool | None = None
     latency_ms: Latency | None = None
     status: Status | None = None
+    # Who made the call (a user or device id), for a judge's one-error-per-key-per-bucket
+    # count (`judge.per_key`); optional, ignored elsewhere.
+    key: str | None = None
 
     def __post_init__(self) -> None:
         if self.ts.__class__ is not float:

@@ -214,6 +214,7 @@ class RolloutRuntime:
                 value=trig.value,
                 threshold=trig.bound,
                 samples=trig.samples,
+                evidence=trig.evidence(),
             )
         )
 

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from rolloutd.core.breaker import BreakerRuntime
+from rolloutd.core.judging import JudgeRuntime
 from rolloutd.core.rollout import RolloutRuntime
 from rolloutd.core.spec import RolloutSpec, TriggerSpec
 from rolloutd.core.triggers import BreakerView, TriggerRuntime
@@ -48,6 +49,17 @@ class SampleFeed:
         self.readers: tuple[TriggerRuntime, ...] = ()
 
 
+class JudgeFeed:
+    """A judge's tests and the triggers that read them (the judge, its sample-ratio check)."""
+
+    __slots__ = ("judge", "name", "readers")
+
+    def __init__(self, name: str, judge: JudgeRuntime) -> None:
+        self.name = name
+        self.judge = judge
+        self.readers: tuple[TriggerRuntime, ...] = ()
+
+
 class Route:
     """Everything one rollout's events touch."""
 
@@ -58,6 +70,7 @@ class Route:
         "feeds",
         "gauges",
         "head",
+        "judges",
         "quiet",
         "rollout",
         "woke",
@@ -79,6 +92,7 @@ class Route:
         self.feeds: tuple[Feed, ...] = ()
         self.gauges: dict[tuple[str, str], SampleFeed] = {}
         self.counters: dict[tuple[str, str], SampleFeed] = {}
+        self.judges: tuple[JudgeFeed, ...] = ()  # fed every request of the rollout
 
     def feed(self, cohort: str) -> Feed:
         """The request feed of `cohort`; KeyError if no trigger reads it."""
@@ -92,8 +106,8 @@ def _spans(triggers: Iterable[TriggerSpec], bucket: float) -> dict[tuple[str, st
     """Window lengths (in buckets) per series key (kind, cohort, name)."""
     spans: dict[tuple[str, str, str], set[int]] = {}
     for trig in triggers:
-        if trig.metric_kind == "breaker":
-            continue  # reads a breaker's state, not a window
+        if trig.metric_kind == "breaker" or trig.judge is not None:
+            continue  # reads a breaker's state or a judge's tests, not a window
         span = max(1, round(trig.window / bucket))
         kind = trig.metric_kind
         name = "" if kind == "request" else trig.metric_name
@@ -122,7 +136,10 @@ def build_route(spec: RolloutSpec, bucket: float, breakers: dict[str, BreakerRun
         else:
             route.counters[(cohort, name)] = SampleFeed(SampleSeries(lengths))
     for trig in spec.triggers:
-        if trig.metric_kind == "breaker":
+        if trig.judge is not None:
+            runtime = TriggerRuntime(trig, bucket, bucket)
+            _watch_judge(route, runtime, trig)
+        elif trig.metric_kind == "breaker":
             runtime = TriggerRuntime(trig, bucket, bucket)
             runtime.watch_breaker(BreakerView(breakers[trig.metric_name]))
         else:
@@ -168,8 +185,25 @@ def feed_of(feeds: tuple[Feed, ...], cohort: str) -> Feed | None:
     return None
 
 
+def _watch_judge(route: Route, runtime: TriggerRuntime, trig: TriggerSpec) -> None:
+    """A judge trigger gets its tests; its sample-ratio check (`srm_of`) reads the same."""
+    judge = trig.judge
+    assert judge is not None
+    if judge.srm_of is None:
+        feed = JudgeFeed(trig.name, JudgeRuntime(trig))
+        route.judges = (*route.judges, feed)
+    else:
+        feed = next(f for f in route.judges if f.name == judge.srm_of)
+    runtime.watch_judge(feed.judge)
+    feed.readers = (*feed.readers, runtime)
+
+
 def load_route(route: Route, data: dict[str, Any]) -> None:
     route.rollout.load(data["rollout"])
+    judges = data.get("judges", {})  # absent from a snapshot made before judges
+    for judged in route.judges:
+        if judged.name in judges:
+            judged.judge.load(judges[judged.name])
     for cohort, dump in data["requests"].items():
         feed = feed_of(route.feeds, cohort)
         if feed is not None:
@@ -187,4 +221,5 @@ def dump_route(route: Route) -> dict[str, Any]:
         "requests": {f.cohort: f.series.dump() for f in route.feeds},
         "gauges": [[c, n, f.series.dump()] for (c, n), f in route.gauges.items()],
         "counters": [[c, n, f.series.dump()] for (c, n), f in route.counters.items()],
+        **({"judges": {f.name: f.judge.dump() for f in route.judges}} if route.judges else {}),
     }

@@ -23,6 +23,9 @@ REQUEST_METRICS = (
     "latency_p95",
     "latency_p99",
 )
+# What a judge compares between canary and control (`JudgeSpec`); latency_mean only there.
+JUDGE_METRICS = ("error_rate", "availability", "latency_mean")
+JUDGE_TESTS = ("counts", "proportion", "mean")
 ACTIONS = ("rollback", "pause", "alert")
 SEVERITIES = ("critical", "warning", "info")
 
@@ -33,6 +36,25 @@ class Baseline:
 
     cohort: str
     factor: float
+
+
+@dataclass(frozen=True, slots=True)
+class JudgeSpec:
+    """A sequential test of canary against control instead of a bound (core/judging.py).
+
+    `test`: counts (errors, anytime-valid Poisson test), proportion or mean (mixture SPRT).
+    `srm_of`: set on the sample-ratio check that a judge trigger with `srm_alpha` brings
+    along, naming that trigger; the check reads the judge's exposure counts."""
+
+    test: str = "counts"
+    against: str = "control"
+    alpha: float = 0.05
+    mixture: str = "grid"  # counts: grid (keeps evidence across steps) | dirichlet
+    concentration: float = 100.0  # dirichlet: k
+    tau: float = 0.01  # proportion / mean: the mixing standard deviation
+    per_key: bool = False  # counts: at most one error per key per bucket
+    srm_alpha: float | None = None
+    srm_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +72,7 @@ class TriggerSpec:
     severity: str = "critical"
     # Keep this trigger armed after the rollout completed (guarding at 100% for good).
     after_completion: bool = False
+    judge: JudgeSpec | None = None
 
     @property
     def metric_kind(self) -> str:

@@ -22,6 +22,9 @@ Rules:
   cross-multiplication for rates, histogram slots for quantiles), so a decision never
   depends on it; only the value shown between reads may lag (`stale`, `refresh`). Every
   bucket boundary reads again, since what leaves a window can move either way.
+* A judge trigger (`spec.judge`) reads its tests instead of a window (`_read_judge`,
+  core/judging.py): the e-value against 1/alpha, insufficient below `min_samples` in
+  either cohort or while the split is broken. Its state moves as any trigger's.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from __future__ import annotations
 import math
 from typing import Any, Final
 
+from rolloutd.core.decisions import Evidence
 from rolloutd.core.histogram import slot_value
+from rolloutd.core.judging import JudgeRuntime
 from rolloutd.core.machines import (
     BREACH_HELD,
     BREACH_SEEN,
@@ -66,6 +71,8 @@ LATENCY: Final = 3
 TOTAL: Final = 4
 LAST: Final = 5
 BREAKER: Final = 6
+JUDGE: Final = 7  # a judge's test (core/judging.py), not a window
+SRM: Final = 8  # a judge's sample-ratio check
 _QUANTILES: Final = {
     "latency_p50": 0.5,
     "latency_p90": 0.9,
@@ -91,6 +98,8 @@ def compare(op: int, value: float, bound: float) -> bool:
 
 
 def _reads(spec: TriggerSpec) -> int:
+    if spec.judge is not None:
+        return SRM if spec.judge.srm_of is not None else JUDGE
     kind = spec.metric_kind
     if kind == "breaker":
         return BREAKER
@@ -153,6 +162,7 @@ class TriggerRuntime:
         "factor",
         "for_",
         "has_base",
+        "judge",
         "min_samples",
         "mode",
         "num",
@@ -190,7 +200,10 @@ class TriggerRuntime:
         # the value) must not rise on each side, so that the value does not move toward the
         # breach and the bound does not move toward the value; and the last reading's parts.
         # A negative factor turns the bound around: always read.
-        self.mode = NEVER if factor < 0 else _mode(spec.metric, spec.metric_kind, presence)
+        judged = spec.judge is not None
+        self.mode = (
+            NEVER if factor < 0 or judged else _mode(spec.metric, spec.metric_kind, presence)
+        )
         self.outcome = INSUFFICIENT
         self.state = INACTIVE
         self.own_down = rising_is_bad  # the own value must not rise
@@ -211,6 +224,7 @@ class TriggerRuntime:
         self.base_sample_view: SampleView | None = None
         self.base_samples: SampleSeries | None = None
         self.breaker: BreakerView | None = None
+        self.judge: JudgeRuntime | None = None
         self.has_base = spec.baseline is not None
         # Hot-path copies of the spec, so a read is a few attribute loads and arithmetic.
         self.reads = _reads(spec)
@@ -245,6 +259,9 @@ class TriggerRuntime:
     def watch_breaker(self, view: BreakerView) -> None:
         self.breaker = view
 
+    def watch_judge(self, judge: JudgeRuntime) -> None:
+        self.judge = judge
+
     # -- reading ------------------------------------------------------------------------
     def _request_value(self, view: RequestView) -> float | None:
         reads = self.reads
@@ -270,6 +287,9 @@ class TriggerRuntime:
         if not self.dirty:
             return
         self.dirty = self.stale = False
+        if self.judge is not None:
+            self._read_judge(self.judge)
+            return
         requests = self.requests
         value: float | None
         if requests is not None:
@@ -331,6 +351,25 @@ class TriggerRuntime:
             and not self.base_free
         ):
             self.base_budget = self._base_budget(self.base_requests, value)
+
+    def _read_judge(self, judge: JudgeRuntime) -> None:
+        """A judge's verdict as a reading: its e-value against 1/alpha (core/judging.py)."""
+        if self.reads == SRM:
+            value, bound, samples, verdict = judge.srm_reading()
+        else:
+            value, bound, samples, verdict = judge.reading()
+        self.value, self.bound, self.samples = value, bound, samples
+        if verdict is None:
+            self.outcome = INSUFFICIENT
+        else:
+            self.outcome = BREACH if verdict else OK
+
+    def evidence(self) -> Evidence | None:
+        """A judge trigger's evidence for its decisions; None for any other trigger."""
+        judge = self.judge
+        if judge is None:
+            return None
+        return judge.evidence(srm=self.reads == SRM)
 
     def _base_budget(self, base: RequestView, value: float) -> int:
         """How many baseline latencies, of any value, may arrive before the bound could
@@ -447,6 +486,8 @@ class TriggerRuntime:
     def reset(self) -> None:
         self.state, self.since, self.ok_since = INACTIVE, None, None
         self.dirty = True
+        if self.judge is not None:
+            self.judge.reset()  # a start or retry judges the new attempt alone
 
     @property
     def blocks(self) -> bool:

@@ -19,6 +19,10 @@ from rolloutd import __version__
 # help), 3 a command the daemon refused, 130 interrupted.
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEMO_SCENARIO = "checkout-incident"
+DEMO_SCENARIOS = {
+    "checkout-incident": "a canary that walks its steps, then an error spike in the canary only",
+    "checkout-judge": "a canary at 5% with twice control's errors, caught by the judge",
+}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -67,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
         "--replay", action="store_true", help="replay the bundled incident scenario instead"
     )
     demo.add_argument("--out", type=Path, help="with --replay: write decisions here")
+    demo.add_argument(
+        "--scenario",
+        choices=tuple(DEMO_SCENARIOS),
+        default=DEMO_SCENARIO,
+        help="with --replay: the bundled scenario (checkout-judge: a 2x regression at 5%%, "
+        "rolled back by the judge while a threshold trigger is silent)",
+    )
     demo.add_argument(
         "--sdk",
         choices=("in_rollout", "unleash"),
@@ -135,7 +146,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "demo":
         if args.replay:
-            return _demo(args.out)
+            return _demo(args.out, args.scenario)
         from rolloutd.tools.demo import run_live_demo
 
         return run_live_demo(args.config, args.keep_running, args.sdk)
@@ -228,14 +239,14 @@ def _lines(stream: IO[bytes]) -> Iterator[bytes]:
     yield from stream
 
 
-def _demo(out_path: Path | None) -> int:
+def _demo(out_path: Path | None, scenario: str = DEMO_SCENARIO) -> int:
     scenarios = resources.files("rolloutd.tools") / "scenarios"
-    config = scenarios / f"{DEMO_SCENARIO}.yaml"
-    events = scenarios / f"{DEMO_SCENARIO}.jsonl"
+    config = scenarios / f"{scenario}.yaml"
+    events = scenarios / f"{scenario}.jsonl"
     with resources.as_file(config) as config_path, resources.as_file(events) as events_path:
         print(
             f"rolloutd demo: replaying {events_path.name} with {config_path.name}"
-            " (a canary that walks its steps, then an error spike in the canary only)",
+            f" ({DEMO_SCENARIOS[scenario]})",
             file=sys.stderr,
         )
         return _replay(config_path, events_path, out_path, quiet=False)

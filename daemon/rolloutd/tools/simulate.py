@@ -131,14 +131,42 @@ def incident_events(spec: EngineSpec) -> Iterator[dict[str, Any]]:
     return closed_loop(spec, [sim], INCIDENT_START, 420)
 
 
+def regression_health(ratio: float) -> HealthModel:
+    """Control fails 1% of requests; the canary `ratio` times as many, from the start."""
+
+    def health(cohort: str, _t: float) -> Health:
+        return Health(error_rate=0.01 * ratio if cohort == "canary" else 0.01)
+
+    return health
+
+
+def judge_events(spec: EngineSpec) -> Iterator[dict[str, Any]]:
+    """The judge's scenario: checkout-v2 at 5% with twice control's error rate (2% against
+    1%), 200 requests a second, ten minutes."""
+    sim = TrafficSimulator(
+        rollout="checkout-v2",
+        flag="new_checkout",
+        rate=200,
+        latency_samples=5,
+        health=regression_health(2.0),
+        seed=4,
+    )
+    return closed_loop(spec, [sim], INCIDENT_START, 600)
+
+
+SCENARIOS = {"checkout-incident": incident_events, "checkout-judge": judge_events}
+
+
 def main() -> None:
-    """Regenerate the bundled scenario: `python -m rolloutd.tools.simulate CONFIG OUT`."""
+    """Regenerate a bundled scenario:
+    `python -m rolloutd.tools.simulate CONFIG OUT [checkout-incident|checkout-judge]`."""
     from rolloutd.config import load_config
 
     config_path, out_path = sys.argv[1], sys.argv[2]
+    scenario = SCENARIOS[sys.argv[3] if len(sys.argv) > 3 else "checkout-incident"]
     spec = load_config(config_path).to_spec()
     with open(out_path, "w", encoding="utf-8") as out:
-        for fields in incident_events(spec):
+        for fields in scenario(spec):
             out.write(json.dumps(fields, separators=(",", ":")) + "\n")
 
 
