@@ -50,19 +50,53 @@ def _log_threshold(alpha: float) -> float:
     return -math.log(alpha)
 
 
-class CountTest:
-    """Dirichlet-multinomial (Beta mixture) test for two arms: 0 = canary, 1 = control."""
+class _Counted:
+    """What both count tests show: the log e-value, its running maximum, the counts."""
 
-    __slots__ = ("_c0", "_c1", "_k", "_log_e", "_max_log_e")
+    __slots__ = ("_c0", "_c1", "_log_e", "_max_log_e")
 
-    def __init__(self, k: float = 100.0) -> None:
-        if k <= 0:
-            raise ValueError("k must be > 0")
-        self._k = k
+    def __init__(self) -> None:
         self._c0 = 0
         self._c1 = 0
         self._log_e = 0.0
         self._max_log_e = 0.0
+
+    @property
+    def log_e(self) -> float:
+        return self._log_e
+
+    @property
+    def e_value(self) -> float:
+        return math.exp(min(self._log_e, 700.0))
+
+    @property
+    def max_log_e(self) -> float:
+        return self._max_log_e
+
+    @property
+    def errors(self) -> tuple[int, int]:
+        return (self._c0, self._c1)
+
+    @property
+    def p_value(self) -> float:
+        return min(1.0, math.exp(-self._max_log_e))
+
+    def share(self) -> float:
+        """The canary's share of errors (0.0 with none)."""
+        total = self._c0 + self._c1
+        return self._c0 / total if total else 0.0
+
+
+class CountTest(_Counted):
+    """Dirichlet-multinomial (Beta mixture) test for two arms: 0 = canary, 1 = control."""
+
+    __slots__ = ("_k",)
+
+    def __init__(self, k: float = 100.0) -> None:
+        if k <= 0:
+            raise ValueError("k must be > 0")
+        super().__init__()
+        self._k = k
 
     def reset(self) -> None:
         self._c0 = self._c1 = 0
@@ -104,31 +138,6 @@ class CountTest:
             self.observe(1, rho, n1)
         self._max_log_e = max(top, self._log_e)
 
-    @property
-    def log_e(self) -> float:
-        return self._log_e
-
-    @property
-    def e_value(self) -> float:
-        return math.exp(min(self._log_e, 700.0))
-
-    @property
-    def max_log_e(self) -> float:
-        return self._max_log_e
-
-    @property
-    def errors(self) -> tuple[int, int]:
-        return (self._c0, self._c1)
-
-    @property
-    def p_value(self) -> float:
-        return min(1.0, math.exp(-self._max_log_e))
-
-    def share(self) -> float:
-        """The canary's share of errors (0.0 with none)."""
-        total = self._c0 + self._c1
-        return self._c0 / total if total else 0.0
-
     def worse(self, alpha: float, rho: float) -> bool:
         return self._log_e >= _log_threshold(alpha) and self.share() > rho
 
@@ -147,22 +156,10 @@ DEFAULT_GRID: Final = tuple(
 )
 
 
-class GridCountTest:
+class GridCountTest(_Counted):
     """Mixture over the log rate ratio on a fixed grid; keeps its evidence across ramp steps."""
 
-    __slots__ = (
-        "_c0",
-        "_c1",
-        "_expected0",
-        "_grid",
-        "_log_e",
-        "_log_w",
-        "_loglik",
-        "_max_log_e",
-        "_rho",
-        "_step0",
-        "_step1",
-    )
+    __slots__ = ("_expected0", "_grid", "_log_w", "_loglik", "_rho", "_step0", "_step1")
 
     def __init__(
         self, grid: tuple[float, ...] = DEFAULT_GRID, weights: tuple[float, ...] | None = None
@@ -173,6 +170,7 @@ class GridCountTest:
         if len(w) != len(grid) or min(w) <= 0:
             raise ValueError("weights: one positive weight per grid point")
         total = math.fsum(w)
+        super().__init__()
         self._grid = tuple(grid)
         self._log_w = [math.log(x / total) for x in w]
         self._rho = -1.0
@@ -226,30 +224,6 @@ class GridCountTest:
         self._expected0 += (n0 + n1) * rho
         if self._log_e > self._max_log_e:
             self._max_log_e = self._log_e
-
-    @property
-    def log_e(self) -> float:
-        return self._log_e
-
-    @property
-    def e_value(self) -> float:
-        return math.exp(min(self._log_e, 700.0))
-
-    @property
-    def max_log_e(self) -> float:
-        return self._max_log_e
-
-    @property
-    def errors(self) -> tuple[int, int]:
-        return (self._c0, self._c1)
-
-    @property
-    def p_value(self) -> float:
-        return min(1.0, math.exp(-self._max_log_e))
-
-    def share(self) -> float:
-        total = self._c0 + self._c1
-        return self._c0 / total if total else 0.0
 
     def expected_canary(self) -> float:
         """Canary events expected under "no difference": the sum of rho over events."""
