@@ -90,6 +90,12 @@ if ! command -v amtool >/dev/null 2>&1; then
     apt_install prometheus-alertmanager prometheus-alertmanager
 fi
 
+# The PostgreSQL state and failover tests start a cluster of their own (Debian's server
+# binaries, under /usr/lib/postgresql; the packaged cluster is kept stopped).
+if ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; then
+    apt_install postgresql postgresql
+fi
+
 # The engine's hot modules compiled with mypyc (the same source; interpreted if that fails
 # or ROLLOUTD_PURE=1). Rebuilt whenever those sources change.
 .venv/bin/python scripts/compile_core.py

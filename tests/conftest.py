@@ -14,6 +14,7 @@ from hypothesis import settings
 
 from brokers import Mosquitto, Tansu
 from integration import is_integration
+from postgres import Postgres
 
 # Deadlines measure the machine, not the code: on a loaded 2-core box they only add flakes.
 settings.register_profile("rolloutd", deadline=None)
@@ -117,6 +118,19 @@ def tansu_session() -> Iterator[Tansu]:
     """One Tansu broker shared by the session: use unique topic names, do not restart it."""
     with Tansu() as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One PostgreSQL cluster shared by the session; each test takes its own database."""
+    with Postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres: Postgres) -> str:
+    """The URL of a new, empty database of the session's PostgreSQL."""
+    return postgres.database()
 
 
 @pytest.fixture

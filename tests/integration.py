@@ -16,7 +16,7 @@ from pathlib import Path
 
 TESTS = Path(__file__).parent
 
-BROKER_FIXTURES = frozenset({"tansu", "tansu_session", "mosquitto"})
+BROKER_FIXTURES = frozenset({"tansu", "tansu_session", "mosquitto", "postgres", "pg_url"})
 
 # Referring to any of these (a module, a class, a function or an attribute) starts, or may
 # start, a process: brokers, promtool, systemd-analyze, amtool, the daemon, pip.

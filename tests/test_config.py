@@ -788,8 +788,10 @@ def test_example_config_sets_every_option() -> None:
     assert _schema_keys(schema, "KafkaTopics") == set(kafka["topics"])
     assert _schema_keys(schema, "Baseline") == set(trigger(example)["baseline"])
     assert _schema_keys(schema, "Rollout") == set(example["rollouts"][0])
-    for section, name in (("engine", "Engine"), ("state", "State"), ("http", "Http")):
+    for section, name in (("engine", "Engine"), ("http", "Http")):
         assert _schema_keys(schema, name) == set(example[section])
+    # url (PostgreSQL) and its lease go in place of path: deploy/rolloutd-ha.yaml sets them
+    assert _schema_keys(schema, "State") == set(example["state"]) | {"url", "lease"}
     assert _schema_keys(schema, "KafkaSink") == set(example["sinks"]["kafka"])
     assert _schema_keys(schema, "MqttSink") == set(example["sinks"]["mqtt"])
     assert _schema_keys(schema, "Breaker") == set(example["breakers"][0])
@@ -1078,3 +1080,16 @@ def test_migration_errors_name_the_path(change: tuple[str, str], message: str) -
     with pytest.raises(ConfigError) as caught:
         parse_config(MIGRATION.replace(*change))
     assert any(message in error for error in caught.value.errors), caught.value.errors
+
+
+def test_state_url_and_path_together_are_an_error_naming_state_url() -> None:
+    from rolloutd.config.sections import State
+
+    with pytest.raises(ValueError, match="url"):
+        State.model_validate({"url": "postgresql://u:pw@db1/app", "path": "./x.db"})
+    state = State.model_validate({"url": "postgresql://u:pw@db1:6432/app", "lease": "4s"})
+    assert state.lease == 4.0
+    assert state.where() == "postgresql db1:6432/app"
+    assert "pw" not in repr(state)
+    with pytest.raises(ValueError, match="postgresql"):
+        State.model_validate({"url": "mysql://u@db1/app"})

@@ -74,6 +74,7 @@ CONTRACT: dict[str, frozenset[str]] = {
     "rolloutd_data_validation_failures_total": frozenset({"migration", "kind"}),
     "rolloutd_decisions_total": frozenset({"kind"}),
     "rolloutd_flag_drift_total": frozenset({"rollout"}),
+    "rolloutd_leader": frozenset(),  # the README's extension (High availability)
 }
 TARGET_LABELS = frozenset({"job", "instance"})  # added by Prometheus to every series
 LABEL_VALUES = {  # labels whose values are fixed by the daemon
@@ -539,6 +540,24 @@ def test_compose_rolloutd_config_passes_check_config_with_the_compose_environmen
     state = compose_rolloutd_config()["state"]["path"]
     volume = next(v for v in service("rolloutd")["volumes"] if v.startswith("rolloutd-state:"))
     assert Path(state).parent == Path(volume.split(":")[1]) == Path("/var/lib/rolloutd")
+
+
+def test_the_two_daemon_overlay_passes_check_config_and_shares_one_state() -> None:
+    overlay = yaml.safe_load((DEPLOY / "compose-ha.yaml").read_text())["services"]
+    for name in ("rolloutd", "rolloutd-b"):
+        mount = next(
+            v for v in overlay[name]["volumes"] if v.endswith(":/etc/rolloutd/rolloutd.yaml:ro")
+        )
+        assert mount.startswith("./rolloutd-ha.yaml:")
+    env = {"PATH": os.environ["PATH"], "ROLLOUTD_TOKEN": "t", "ROLLOUTD_DB_PASSWORD": "p"}
+    done = run(
+        sys.executable, "-m", "rolloutd", "check-config", DEPLOY / "rolloutd-ha.yaml", env=env
+    )
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load((DEPLOY / "rolloutd-ha.yaml").read_text())
+    assert config["state"]["url"].endswith("@postgres:5432/rolloutd")
+    assert config["sources"]["kafka"]["group_id"] is None  # the leader reads every partition
+    assert overlay["postgres"]["environment"]["POSTGRES_DB"] == "rolloutd"
 
 
 def test_ports_and_hosts_agree_across_the_files() -> None:

@@ -42,6 +42,18 @@ SLACK = SlackAlert.model_validate(
 )
 
 
+BREAKER_OPEN = BreakerDecision(
+    ts=T0,
+    kind="breaker",
+    breaker="users",
+    state="open",
+    failure_rate=0.6,
+    slow_call_rate=None,
+    calls=20,
+    reason="failure rate 60% >= 50%",
+)
+
+
 def _messages(floor: int = 0, alerts: tuple[SlackAlert, ...] = ()) -> Messages:
     spec = EngineSpec(rollouts=(rollout(error_trigger()),))
     eng = engine(*spec.rollouts)
@@ -159,16 +171,7 @@ def test_a_trigger_alert_carries_its_measurement_and_the_position_after_it() -> 
 
 def test_a_breaker_change_is_audited_keyed_and_its_state_published() -> None:
     messages = _messages()
-    decision = BreakerDecision(
-        ts=T0,
-        kind="breaker",
-        breaker="users",
-        state="open",
-        failure_rate=0.6,
-        slow_call_rate=None,
-        calls=20,
-        reason="failure rate 60% >= 50%",
-    )
+    decision = BREAKER_OPEN
     messages.decided([decision])
     rows = messages.take().rows
     assert [(s, k) for s, k, _, _ in rows] == [
@@ -280,3 +283,19 @@ def test_the_trigger_of_a_rollback_is_read_where_its_reason_is_written() -> None
     assert rolled_back_by(_percent(T0, 0, 2, rollback_reason("error-spike"))) == "error-spike"
     assert rolled_back_by(_percent(T0, 0, 2, "command: rollback")) is None
     assert rolled_back_by(_phase(T0, "rolled_back", "error-spike")) is None
+
+
+def test_a_leaders_generation_is_stamped_on_every_flag_breaker_and_audit_message() -> None:
+    plain, leading = _messages(), _messages()
+    leading.generation = 7
+    for messages in (plain, leading):
+        messages.decided([_percent(T0, 25, 2, "advance"), BREAKER_OPEN])
+    stamped = leading.take().rows
+    rows = plain.take().rows
+    assert len(stamped) == len(rows) == 6  # audit + flag (kafka, mqtt); audit + breaker (both)
+    for (sink, key, payload, retain), (sink2, key2, bare, retain2) in zip(
+        stamped, rows, strict=True
+    ):
+        assert (sink, key, retain) == (sink2, key2, retain2)
+        assert b"generation" not in bare  # without a lease: the bytes as they always were
+        assert json.loads(payload) == {**json.loads(bare), "generation": 7}

@@ -806,3 +806,20 @@ async def test_reconfigure_gives_up_removed_notifiers_and_starts_new_ones(
         await receiver.wait_for(2)
         await until(lambda: outbox.confirmed == [1, 2])
     assert receiver.requests[1].path == SLACK_PATH
+
+
+@fast_forward
+async def test_a_daemon_that_does_not_lead_sends_nothing_until_it_does(receiver: Receiver) -> None:
+    alerts = [notifier("webhook", receiver)]
+    outbox = Outbox()
+    leading = False
+    dispatcher = AlertDispatcher(alerts, outbox.confirm, may_send=lambda: leading)
+    async with running(dispatcher):
+        dispatcher.add(outbox.rows(alerts, record()))
+        await asyncio.sleep(60)  # a standby, or a leader stopped past its lease
+        assert receiver.requests == []
+        assert outbox.confirmed == []  # the row stays for the leader
+        leading = True
+        await receiver.wait_for(1, within=10)
+        await until(lambda: outbox.confirmed == [1])
+    assert dispatcher.sent == {("webhook", "ok"): 1}

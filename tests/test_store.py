@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from rolloutd.adapters.state import StateStore
 from rolloutd.adapters.store import Batch, Loaded, OutboxItem, Store, StoreError
 from rolloutd.core.outbound import Sink
 
@@ -43,16 +44,8 @@ def full_batch() -> Batch:
     )
 
 
-def test_a_new_store_is_empty(path: Path) -> None:
-    assert reopen(path) == Loaded(None, {}, {}, {}, [], {})
-
-
-def test_round_trip_of_every_field(path: Path) -> None:
-    with Store.open(path) as store:
-        ids = store.commit(full_batch())
-        assert ids == sorted(ids)
-        assert len(ids) == 2
-    loaded = reopen(path)
+def assert_full_batch(loaded: Loaded, ids: list[int]) -> None:
+    """`loaded` holds exactly what `full_batch()` wrote, its outbox rows under `ids`."""
     assert loaded.engine == b"\x00engine"
     assert loaded.rollouts == {"checkout-v2": b"\x01ro", "orders-split": b"\x02ro"}
     assert loaded.revisions == {"new_checkout": 7, "orders": 1}
@@ -73,20 +66,32 @@ def test_round_trip_of_every_field(path: Path) -> None:
     assert loaded.watches == {"cdc": b'{"checks": []}', "flag_table": b'{"flags": {}}'}
 
 
-def test_upserts_overwrite_drops_and_done_delete(path: Path) -> None:
+def test_a_new_store_is_empty(path: Path) -> None:
+    assert reopen(path) == Loaded(None, {}, {}, {}, [], {})
+
+
+def test_round_trip_of_every_field(path: Path) -> None:
     with Store.open(path) as store:
-        first = store.commit(full_batch())
-        store.commit(
-            Batch(
-                rollouts={"checkout-v2": b"new"},
-                drop_rollouts={"orders-split", "never-existed"},
-                revisions={"new_checkout": 8},
-                offsets={("rollout.metrics", 0): 130},
-                done=[first[0]],
-                meta={"config_hash": "def"},
-            )
+        ids = store.commit(full_batch())
+        assert ids == sorted(ids)
+        assert len(ids) == 2
+    assert_full_batch(reopen(path), ids)
+
+
+def upserts_overwrite_drops_and_done_delete(store: StateStore) -> None:
+    """The same on every state store (test_pgstore.py runs it on PostgreSQL)."""
+    first = store.commit(full_batch())
+    store.commit(
+        Batch(
+            rollouts={"checkout-v2": b"new"},
+            drop_rollouts={"orders-split", "never-existed"},
+            revisions={"new_checkout": 8},
+            offsets={("rollout.metrics", 0): 130},
+            done=[first[0]],
+            meta={"config_hash": "def"},
         )
-        loaded = store.load()
+    )
+    loaded = store.load()
     assert loaded.engine == b"\x00engine"  # engine=None leaves it as is
     assert loaded.rollouts == {"checkout-v2": b"new"}
     assert loaded.revisions == {"new_checkout": 8, "orders": 1}
@@ -94,6 +99,12 @@ def test_upserts_overwrite_drops_and_done_delete(path: Path) -> None:
     assert loaded.offsets[("rollout.metrics", 1)] == 5
     assert [item.id for item in loaded.outbox] == [first[1]]
     assert loaded.meta == {"config_hash": "def"}
+    assert store.offsets[("rollout.metrics", 0)] == 130
+
+
+def test_upserts_overwrite_drops_and_done_delete(path: Path) -> None:
+    with Store.open(path) as store:
+        upserts_overwrite_drops_and_done_delete(store)
 
 
 def test_confirm_deletes_and_ids_keep_increasing_across_reopen(path: Path) -> None:

@@ -1,8 +1,9 @@
 """HTTP: /metrics, /healthz, /readyz and the admin API, in one aiohttp app.
 
 Rules: reads are open; every mutation needs `Authorization: Bearer <token>` compared in
-constant time, and with no token configured mutations are refused (403), never open. A
-command the rollout refuses is 409 with the reason; an unknown rollout is 404. Every
+constant time, and with no token configured mutations are refused (403), never open; a
+standby (another daemon leads) answers mutations 503 and serves the reads. A command the
+rollout refuses is 409 with the reason; an unknown rollout is 404. Every
 mutation goes through the engine as a command event carrying the actor, so it is an audit
 decision like any other. Nothing here decides.
 """
@@ -49,6 +50,7 @@ class AdminContext:
     run_breaker_command: BreakerRunner | None = None
     not_ready: Callable[[], dict[str, str]] = dict  # source -> why it is not up
     delivery: DeliveryRoutes | None = None  # flagd / Unleash endpoints; None: absent
+    standby: Callable[[], str | None] = lambda: None  # why this daemon may not act; None: leads
 
 
 CTX = web.AppKey("ctx", AdminContext)
@@ -154,7 +156,7 @@ async def _show(request: web.Request) -> web.Response:
 
 async def _mutate(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    denied = _check_token(ctx.token, request.headers.get("Authorization", ""))
+    denied = _denied(ctx, request)
     if denied is not None:
         return denied
     name, command = request.match_info["name"], _command_name(request.match_info["command"])
@@ -231,7 +233,7 @@ async def _migrations(request: web.Request) -> web.Response:
 
 async def _breaker_command(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    denied = _check_token(ctx.token, request.headers.get("Authorization", ""))
+    denied = _denied(ctx, request)
     if denied is not None:
         return denied
     name, command = request.match_info["name"], request.match_info["command"]
@@ -241,6 +243,15 @@ async def _breaker_command(request: web.Request) -> web.Response:
         return _error(404, f"no breaker named {name!r}")
     decisions = await ctx.run_breaker_command(name, command)
     return web.json_response({"decisions": [to_dict(d) for d in decisions]})
+
+
+def _denied(ctx: AdminContext, request: web.Request) -> web.Response | None:
+    """A mutation's refusal: no or a wrong token (401/403), or a standby (503)."""
+    denied = _check_token(ctx.token, request.headers.get("Authorization", ""))
+    if denied is not None:
+        return denied
+    standby = ctx.standby()
+    return None if standby is None else _error(503, f"not the leader: {standby}")
 
 
 def _command_name(text: str) -> CommandName | None:

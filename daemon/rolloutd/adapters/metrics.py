@@ -39,6 +39,7 @@ class DaemonState:
     migrations: Callable[[], Mapping[str, Mapping[str, float]]] = dict
     known: KnownSeries = field(default_factory=KnownSeries)  # counters exported from 0
     sources: Callable[[], Mapping[str, bool]] = dict  # configured source -> up
+    leader: Callable[[], bool] = lambda: True  # this daemon acts (always, with SQLite state)
 
 
 def _from_zero(counts: Mapping[_K, float], known: tuple[_K, ...]) -> list[tuple[_K, float]]:
@@ -197,6 +198,11 @@ class RolloutdCollector(Collector):
     def _daemon(self) -> Iterator[Metric]:
         state = self.state
         yield GaugeMetricFamily("rolloutd_ready", "1 when ready", value=float(state.ready()))
+        yield GaugeMetricFamily(
+            "rolloutd_leader",
+            "1 while this daemon leads (holds the lease, or owns its SQLite file), 0 on standby",
+            value=float(state.leader()),
+        )
         up = GaugeMetricFamily(
             "rolloutd_source_up",
             "1 while the source is connected and consuming, 0 otherwise",

@@ -37,9 +37,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rolloutd.core.outbound import Sink
+
+if TYPE_CHECKING:
+    from rolloutd.adapters.lease import Lease
 
 SCHEMA_VERSION = 2
 REVISIONS_PER_EPOCH = 1000  # epoch ms * 1000 stays below 2**53 (exact in JSON doubles) to 2255
@@ -75,12 +78,14 @@ class StoreError(Exception):
     """The state file cannot be opened, read or written; the message names path and cause.
 
     `fresh_helps`: the file is there but unusable (corrupt, foreign, another schema), so
-    `--fresh` (which keeps it aside) would let the daemon start.
+    `--fresh` (which keeps it aside) would let the daemon start. `transient`: the store is
+    out of reach for now (a database that does not answer), so a restart may well work.
     """
 
-    def __init__(self, message: str, *, fresh_helps: bool = False) -> None:
+    def __init__(self, message: str, *, fresh_helps: bool = False, transient: bool = False) -> None:
         super().__init__(message)
         self.fresh_helps = fresh_helps
+        self.transient = transient
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +158,8 @@ class Store:
         # The offsets table as last read or committed: the next offset to read per
         # (topic, partition). The one record of positions; nothing else keeps its own.
         self.offsets: dict[tuple[str, int], int] = {}
+        self.generation: int | None = None  # no leader lease: one daemon owns the file
+        self.lease: Lease | None = None
 
     @property
     def revision_floor(self) -> int:

@@ -2,7 +2,8 @@
 
 Rules:
 * Ready once the state is restored and every source is up; each source reports its state
-  through the updater `Health.source` hands out, with the reason it is down.
+  through the updater `Health.source` hands out, with the reason it is down. With a leader
+  lease, a standby is never ready (`/readyz` names the leader) until it leads.
 * Daemon-level alerts (`HealthAlerts`): publishing failing for `PUBLISH_ALERT_AFTER` seconds
   (critical), and a progressing rollout waiting well past its hold (`STALL_AFTER`, or one
   hold if longer: the gate stays shut for lack of data or a trigger; warning). Each fires
@@ -30,10 +31,20 @@ class Health:
     started: bool = False
     sources: dict[str, bool] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)  # why a source is not up
+    leased: bool = False  # a leader lease decides who acts (PostgreSQL state)
+    standby: str | None = None  # why this daemon does not lead; None: it leads
 
     @property
     def ready(self) -> bool:
-        return self.started and all(self.sources.values())
+        return self.started and self.standby is None and all(self.sources.values())
+
+    def stand_by(self, why: str | None) -> None:
+        """Standing by (`why` names the leader), or leading (None)."""
+        self.standby = why
+        if why is None:
+            self.reasons.pop("leader", None)
+        else:
+            self.reasons["leader"] = why
 
     def source(self, name: str) -> Callable[[bool, str], None]:
         """The state updater of a source, which starts as not connected."""
@@ -47,8 +58,10 @@ class Health:
         return update
 
     def readiness(self) -> dict[str, bool]:
+        leading = {"leading": self.standby is None} if self.leased else {}
         return {
             "state restored": self.started,
+            **leading,
             **{f"{name} connected": up for name, up in self.sources.items()},
         }
 

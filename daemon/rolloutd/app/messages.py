@@ -18,6 +18,8 @@ Rules:
   drift. Each decided flag state is also expected back from the flag table.
 * Revisions only grow, across restarts, and across a lost state file: a new store's
   revisions start above its epoch's floor (see adapters/store.py).
+* With a leader lease (PostgreSQL state) every flag, breaker and audit message carries the
+  leader's `generation`; without one the field is absent and the bytes are as before.
 """
 
 from __future__ import annotations
@@ -48,20 +50,22 @@ from rolloutd.core.spec import EngineSpec, TriggerSpec
 Row = tuple[Sink, bytes | None, bytes, bool]  # (sink, key, payload, retain): one outbox row
 
 
-class BreakerState(msgspec.Struct, frozen=True):
+class BreakerState(msgspec.Struct, frozen=True, omit_defaults=True):
     breaker: str
     state: str
     revision: int
     ts: float
+    generation: int | None = None  # the leader's, with a PostgreSQL state; absent otherwise
 
 
-class FlagState(msgspec.Struct, frozen=True):
+class FlagState(msgspec.Struct, frozen=True, omit_defaults=True):
     flag: str
     percent: float | int
     rollout: str
     phase: str
     revision: int
     ts: float
+    generation: int | None = None  # the leader's, with a PostgreSQL state; absent otherwise
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +146,9 @@ class Messages:
         self.revisions = revisions
         self.out = Outgoing()
         self.triggers: dict[tuple[str, str], TriggerSpec] = {}
+        # The leader's fencing generation, stamped on every flag, breaker and audit message
+        # (None: one daemon on a SQLite file, and the messages as they always were).
+        self.generation: int | None = None
         self.reconfigure(spec, alerts)
 
     def reconfigure(self, spec: EngineSpec, alerts: Sequence[Alert]) -> None:
@@ -180,9 +187,9 @@ class Messages:
         """The rollout's position as its flag's next state."""
         position = self.positions.of[rollout]
         flag = position.flag
-        state = FlagState(
-            flag, whole(position.percent), rollout, position.phase, self.revisions.next(flag), ts
-        )
+        revision = self.revisions.next(flag)
+        percent = whole(position.percent)
+        state = FlagState(flag, percent, rollout, position.phase, revision, ts, self.generation)
         self.out.flag_states.append(state)
         self.out.expected.append((flag, position.percent, ts))
         payload = msgspec.json.encode(state)
@@ -200,7 +207,14 @@ class Messages:
     def _audit(self, decision: Decision) -> None:
         if self.sinks.decisions_topic is not None:
             topic = Sink.kafka(self.sinks.decisions_topic)
-            self.out.rows.append((topic, decision.rollout.encode(), encode(decision), False))
+            payload = self._stamped(encode(decision))
+            self.out.rows.append((topic, decision.rollout.encode(), payload, False))
+
+    def _stamped(self, audit: bytes) -> bytes:
+        """A decision's JSON object with the leader's generation as its last field."""
+        if self.generation is None:
+            return audit
+        return b'%s,"generation":%d}' % (audit[:-1], self.generation)
 
     def _alert(self, alert: AlertDecision, measured: TriggerDecision | None) -> None:
         if not self.alerts:
@@ -235,10 +249,10 @@ class Messages:
         sinks = self.sinks
         if sinks.decisions_topic is not None:
             topic = Sink.kafka(sinks.decisions_topic)
-            self.out.rows.append((topic, key.encode(), encode(decision), False))
+            self.out.rows.append((topic, key.encode(), self._stamped(encode(decision)), False))
         revision = self.revisions.next(key)
         state = msgspec.json.encode(
-            BreakerState(decision.breaker, decision.state, revision, decision.ts)
+            BreakerState(decision.breaker, decision.state, revision, decision.ts, self.generation)
         )
         if sinks.flags_topic is not None:
             self.out.rows.append((Sink.kafka(sinks.flags_topic), key.encode(), state, False))

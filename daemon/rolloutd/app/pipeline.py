@@ -29,7 +29,8 @@ import structlog
 
 from rolloutd.adapters.cdc.debezium import ChangeEvent, decode_change
 from rolloutd.adapters.notify import AlertRecord
-from rolloutd.adapters.store import Batch, OutboxItem, Store
+from rolloutd.adapters.state import StateStore
+from rolloutd.adapters.store import Batch, OutboxItem
 from rolloutd.app.cdc import CdcRouter
 from rolloutd.app.faults import Origin, count_drops, drops, report_failure
 from rolloutd.app.messages import FlagState, Messages, Positions, Revisions, Sinks
@@ -103,7 +104,7 @@ class Pipeline:
     def __init__(
         self,
         spec: EngineSpec,
-        store: Store,
+        store: StateStore,
         sinks: Sinks,
         latency: Callable[[float], None] | None = None,
         alerts: Sequence[Alert] = (),
@@ -129,20 +130,35 @@ class Pipeline:
         self.on_flags = on_flags  # flag delivery: the flag states of each commit, after it
         self.stats = PipelineStats()
         self.recent: dict[str, deque[Decision]] = {}
+        self._sinks = sinks
+        self._alerts = alerts
+        self._restore()
+
+    def _restore(self) -> None:
+        """Take up the state the store holds: at start, and on a standby (`reload_state`)."""
+        store, spec = self.store, self.spec
         loaded = store.load()
         self.engine = Engine.restore_parts(spec, loaded.engine, loaded.rollouts)
         self._revisions = Revisions(loaded.revisions, store.revision_floor)
         self.messages = Messages(
-            sinks, alerts, spec, Positions(self.engine.rollouts), self._revisions
+            self._sinks, self._alerts, spec, Positions(self.engine.rollouts), self._revisions
         )
+        self.messages.generation = store.generation
         self.unpublished: list[OutboxItem] = list(loaded.outbox)
         self.restored = loaded.engine is not None
-        if cdc is not None and CDC_STATE in loaded.watches:
-            cdc.load(msgspec.json.decode(loaded.watches[CDC_STATE]))
-        if flags is not None and FLAGS_STATE in loaded.watches:
-            flags.watch.load(msgspec.json.decode(loaded.watches[FLAGS_STATE]))
+        if self.cdc is not None and CDC_STATE in loaded.watches:
+            self.cdc.load(msgspec.json.decode(loaded.watches[CDC_STATE]))
+        if self.flags is not None and FLAGS_STATE in loaded.watches:
+            self.flags.watch.load(msgspec.json.decode(loaded.watches[FLAGS_STATE]))
         self._cdc_changed = False
         self._flags_changed = False
+        self._pending = {}
+
+    def reload_state(self) -> None:
+        """Read the state again, as the leader last committed it: a standby's view for the
+        read APIs, and where it starts from once it leads (after taking the lease, so nothing
+        commits behind it)."""
+        self._restore()
 
     def positions(self) -> dict[tuple[str, int], int]:
         """The next offset to read per (topic, partition): what the store holds, and what the
@@ -278,6 +294,7 @@ class Pipeline:
 
     def notify(self, alerts: Sequence[Alert]) -> None:
         """The notifiers alerts go to from now on (after a reload)."""
+        self._alerts = alerts
         self.messages.reconfigure(self.spec, alerts)
 
     def daemon_alert(self, record: AlertRecord) -> list[OutboxItem]:

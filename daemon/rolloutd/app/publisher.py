@@ -2,7 +2,9 @@
 
 Rules: items go out in order; a sink that fails keeps its items (and everything after
 them) for the next try, with backoff; an item leaves the store's outbox only once its broker
-acknowledged it. Alert rows are not ours: the alert dispatcher delivers those.
+acknowledged it. Alert rows are not ours: the alert dispatcher delivers those. With a
+leader lease, nothing is sent unless `may_publish` holds just before the send: a daemon
+whose lease lapsed by its own clock (stopped past it, say) sends nothing again.
 """
 
 from __future__ import annotations
@@ -49,8 +51,11 @@ class Publisher:
         kafka: KafkaOut | None,
         mqtt: MqttOut | None,
         monotonic: Callable[[], float] = time.monotonic,
+        may_publish: Callable[[], bool] | None = None,
     ) -> None:
         self.confirm = confirm  # in the store: these rows left
+        # Asked before every send (the leader lease, by the local clock); None: always.
+        self.may_publish = may_publish
         self.kafka = kafka
         self.mqtt = mqtt
         self.monotonic = monotonic
@@ -88,6 +93,8 @@ class Publisher:
 
     async def send_some(self) -> bool:
         """Publish up to CHUNK items; True if all of them went out."""
+        if self.may_publish is not None and not self.may_publish():
+            return False  # not the leader (any more): the rows stay for whoever leads
         chunk = [self.pending[i] for i in range(min(CHUNK, len(self.pending)))]
         kafka = [i for i in chunk if i.sink.kind is SinkKind.KAFKA]
         mqtt = [i for i in chunk if i.sink.kind is SinkKind.MQTT]
@@ -129,6 +136,8 @@ class Publisher:
         """Try to empty the outbox within `grace` seconds."""
         deadline = self.monotonic() + grace
         while self.pending and self.monotonic() < deadline:
+            if self.may_publish is not None and not self.may_publish():
+                break
             try:
                 sent = await asyncio.wait_for(self.send_some(), deadline - self.monotonic())
             except TimeoutError:

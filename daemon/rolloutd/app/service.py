@@ -12,6 +12,12 @@ Rules:
   is still in the outbox within the grace period (what does not make it stays in the store
   and goes out after the next start), close the store, return 0. `run(until_drained=True)`
   with a `MemoryBroker` stops the same way once everything put was taken and published.
+* With a leader lease (PostgreSQL state) a daemon first stands by: HTTP, signals and a poll
+  of the lease every third of it, reading the state the leader commits so the read APIs
+  show it. Once it takes the lease it reads the state a last time (nothing can commit behind
+  it now), joins the sources and leads; it renews the lease every third of it. A leader
+  that finds the lease lost stops at once and exits 1 (`LeaseLost`): systemd or compose
+  starts it again, as a standby. A clean stop releases the lease so a standby leads at once.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -36,7 +44,9 @@ from rolloutd.adapters.kafka import (
     Origins,
     instance_id,
 )
+from rolloutd.adapters.lease import LeaseLost
 from rolloutd.adapters.notify import daemon_alert
+from rolloutd.adapters.state import StateStore
 from rolloutd.adapters.store import StoreError
 from rolloutd.adapters.systemd import SystemdNotifier
 from rolloutd.app import gc_tuning, logthrottle
@@ -77,6 +87,7 @@ class Service:
         config_path: Path | None = None,
         handle_signals: bool = True,
         memory: MemoryBroker | None = None,
+        store: StateStore | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path  # for reloads; None: no reload
@@ -88,7 +99,7 @@ class Service:
         self.monotonic = clock.monotonic
         self.grace = grace
         self.fresh = fresh
-        parts = self.parts = build(config, clock, fresh=fresh, memory=memory)
+        parts = self.parts = build(config, clock, fresh=fresh, memory=memory, store=store)
         self.store, self.health, self.state = parts.store, parts.health, parts.state
         self.registry, self.pipeline, self.delivery = parts.registry, parts.pipeline, parts.delivery
         self.alerts, self.kafka_out, self.mqtt = parts.alerts, parts.kafka_out, parts.mqtt
@@ -96,13 +107,14 @@ class Service:
         self.reloader = Reloader(parts, config, self.systemd, self.clock)
         self.health_alerts = HealthAlerts()
         self.bucket = config.engine.bucket
-        self.kafka_in = None
+        self.lease = self.store.lease  # None: one daemon on a SQLite file, always leading
+        self.kafka_in: KafkaConsumerLoop | None = None
         if config.sources.kafka is not None and memory is None:
             logthrottle.CLIENT_LOGS.interval = config.sources.kafka.client_log_interval
-            self.kafka_in = self._kafka_loop()
-            self.state.consumer_lag = self.kafka_in.lag
         self.stopping = asyncio.Event()
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.scheduler: AsyncIOScheduler | None = None
+        self.until_drained = False
 
     @property
     def reload_requested(self) -> asyncio.Event:
@@ -258,6 +270,7 @@ class Service:
             not_ready=lambda: {n: r for n, r in self.health.reasons.items() if r},
             run_breaker_command=self._breaker_command,
             delivery=self.delivery,
+            standby=lambda: self.health.standby,
         )
         http = self.config.http
         runner = web.AppRunner(build_app(ctx), access_log=None, keepalive_timeout=http.idle_timeout)
@@ -303,38 +316,29 @@ class Service:
             extra={"version": __version__, "engine": engine},
         )
         gc_tuning.tune()
-        self.outbox.add(self.pipeline.unpublished)  # what a previous run did not send
-        self.outbox.add(self.pipeline.start(self.clock()))
-        notice = fresh_state_notice(self.store, self.pipeline.restored, self.fresh, self.clock())
-        if notice is not None:  # a restart at step 1 must never be silent
-            self.outbox.add(self.pipeline.daemon_alert(notice))
-        self.health.started = True
-        scheduler = self._scheduler()
-        scheduler.start()
+        self.until_drained = until_drained
         code = 0
         try:
             async with asyncio.TaskGroup() as group:
-                jobs = {
-                    "signals": self._signals(),
-                    "publisher": self.publisher.run(),
-                    "alerts": self.alerts.run(),
-                    "health-alerts": self._health_alerts(),
-                    "ticker": self._ticker(),
-                    "http": self._http(),
-                    "lifecycle": self._lifecycle(),
-                }
-                if self.config_path is not None:
-                    jobs["reloader"] = self.reloader.watch(self.config_path)
-                if self.mqtt is not None:
-                    jobs["mqtt"] = self.mqtt.run()
-                if self.kafka_in is not None:
-                    jobs["kafka"] = self.kafka_in.run()
-                if self.memory is not None:
-                    jobs["memory"] = self._memory(until_drained)
-                for name, job in jobs.items():
-                    self.tasks[name] = group.create_task(job, name=name)
+                self._spawn(
+                    group,
+                    {
+                        "signals": self._signals(),
+                        "http": self._http(),
+                        "lifecycle": self._lifecycle(),
+                    },
+                )
+                if self.lease is None:
+                    self._lead(group)
+                else:
+                    self.health.started = True  # the state as the leader left it
+                    self._spawn(group, {"standby": self._stand_by(group)})
         except* _Stop:
             log.info("stopping: publishing what is left (grace %.1fs)", self.grace)
+        except* LeaseLost as lost:
+            for error in lost.exceptions:
+                log.error("%s; exiting (a restart stands by)", error)
+            code = 1
         except* Exception as failures:
             for exc in failures.exceptions:
                 trace = None if isinstance(exc, ListenError) else exc  # a traceback helps bugs only
@@ -348,11 +352,102 @@ class Service:
                 )
             code = 1
         finally:
-            scheduler.shutdown(wait=False)
+            if self.scheduler is not None:
+                self.scheduler.shutdown(wait=False)
             await self._shutdown()
         return code
 
-    def _kafka_loop(self) -> KafkaConsumerLoop:
+    def _spawn(self, group: asyncio.TaskGroup, jobs: dict[str, Coroutine[Any, Any, None]]) -> None:
+        for name, job in jobs.items():
+            self.tasks[name] = group.create_task(job, name=name)
+
+    def _lead(self, group: asyncio.TaskGroup) -> None:
+        """Begin from the state restored, and start everything that acts."""
+        # When the state was last written: where Kafka partitions it has no offset for are
+        # read from (taken before `start`, which moves the engine's time to now).
+        written = self.pipeline.engine.now if self.pipeline.restored else None
+        self.outbox.add(self.pipeline.unpublished)  # what a previous run did not send
+        self.outbox.add(self.pipeline.start(self.clock()))
+        notice = fresh_state_notice(self.store, self.pipeline.restored, self.fresh, self.clock())
+        if notice is not None:  # a restart at step 1 must never be silent
+            self.outbox.add(self.pipeline.daemon_alert(notice))
+        self.health.started = True
+        self.scheduler = self._scheduler()
+        self.scheduler.start()
+        jobs = {
+            "publisher": self.publisher.run(),
+            "alerts": self.alerts.run(),
+            "health-alerts": self._health_alerts(),
+            "ticker": self._ticker(),
+        }
+        if self.config_path is not None:
+            jobs["reloader"] = self.reloader.watch(self.config_path)
+        if self.mqtt is not None:
+            jobs["mqtt"] = self.mqtt.run()
+        if self.config.sources.kafka is not None and self.memory is None:
+            self.kafka_in = self._kafka_loop(written)  # at the positions the state holds
+            self.state.consumer_lag = self.kafka_in.lag
+            jobs["kafka"] = self.kafka_in.run()
+        if self.memory is not None:
+            jobs["memory"] = self._memory(self.until_drained)
+        if self.lease is not None:
+            jobs["lease"] = self._keep_lease()
+        self._spawn(group, jobs)
+
+    # -- the leader lease ----------------------------------------------------------------
+    async def _stand_by(self, group: asyncio.TaskGroup) -> None:
+        """Poll the lease; meanwhile show the leader's state. Lead once it is ours."""
+        lease = self.lease
+        assert lease is not None
+        while True:
+            try:
+                if await asyncio.to_thread(lease.try_acquire, self.monotonic()):
+                    break
+                holder, generation, alive = await asyncio.to_thread(lease.holder)
+                self._show_leaders_state()
+                who = f"{holder or 'nobody'} leads (generation {generation})"
+                self.health.stand_by(f"standby: {who if alive else 'the lease is free'}")
+            except StoreError as exc:  # the database is away: keep trying, stay a standby
+                self.health.stand_by(f"standby: {exc}")
+                log.warning("standby: %s", exc)
+            await asyncio.sleep(lease.seconds / 3)
+        self._show_leaders_state()  # the last time: nothing commits behind us any more
+        self.health.stand_by(None)
+        log.info(
+            "leading (generation %s, state %s)",
+            lease.generation,
+            self.store.path,
+            extra={"generation": lease.generation},
+        )
+        self._lead(group)
+        del self.tasks["standby"]  # done: /healthz and the watchdog look at the rest
+
+    def _show_leaders_state(self) -> None:
+        """Read the state the leader committed: for the read API, and for flag delivery
+        (flagd, Unleash) whenever a revision moved."""
+        shown = dict(self.pipeline.revisions)
+        self.pipeline.reload_state()
+        if self.delivery is not None and self.pipeline.revisions != shown:
+            self.delivery.board.seed(self.pipeline.engine.rollouts, self.pipeline.revisions)
+
+    async def _keep_lease(self) -> None:
+        """Renew every third of the lease; a renewal refused means another daemon leads."""
+        lease = self.lease
+        assert lease is not None
+        while True:
+            await asyncio.sleep(lease.seconds / 3)
+            sent = self.monotonic()
+            try:
+                held = await asyncio.to_thread(lease.renew, sent)
+            except StoreError as exc:  # a blip: the lease holds until its own clock says not
+                if not lease.valid(self.monotonic()):
+                    raise LeaseLost(f"{exc}; the lease ran out before it could be renewed") from exc
+                log.warning("could not renew the lease: %s", exc)
+                continue
+            if not held:
+                raise LeaseLost(f"state {self.store.path}: another daemon took over the lease")
+
+    def _kafka_loop(self, written: float | None) -> KafkaConsumerLoop:
         source = self.config.sources.kafka
         assert source is not None
         topics = list(source.topics.metrics)
@@ -365,7 +460,6 @@ class Service:
         # A partition the store does not know is read from when the store was last written:
         # the start, for a new store; after a crash, what the lost run read but never
         # persisted is read again.
-        written = self.pipeline.engine.now if self.pipeline.restored else None
         member = instance_id(source, self.config.state.path)
         if member is not None:
             log.info("kafka: static group member %s", member)
@@ -385,11 +479,23 @@ class Service:
         except StoreError as exc:  # the next start re-reads those events from Kafka
             log.error("could not write the last checkpoint: %s", exc)
         log.info("processed %s", self.pipeline.summary())
+        if self.lease is not None and not self.lease.valid(self.monotonic()):
+            log.info("not leading: what waits in the outbox is left to the leader")
+        else:
+            await self._drain()
+        if self.kafka_out is not None:
+            await self.kafka_out.close()
+        if self.lease is not None:
+            try:  # a standby leads at once rather than after the lease
+                self.lease.release()
+            except StoreError as exc:
+                log.warning("could not release the lease: %s", exc)
+        self.store.close()
+
+    async def _drain(self) -> None:
+        """Publish and deliver what is left within the grace period."""
         flushed = await self.publisher.flush(self.grace)
         await self.alerts.flush(self.grace)
         if not flushed:
             left = len(self.publisher.pending)
             log.warning("%d messages stay in the outbox for the next start", left)
-        if self.kafka_out is not None:
-            await self.kafka_out.close()
-        self.store.close()

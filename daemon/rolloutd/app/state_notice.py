@@ -17,17 +17,21 @@ Rules:
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from rolloutd.adapters.notify import AlertRecord, daemon_alert
-from rolloutd.adapters.store import Store
+from rolloutd.adapters.state import StateStore
 
 log = logging.getLogger("rolloutd.service")
 
 
-def fresh_state_notice(store: Store, restored: bool, fresh: bool, now: float) -> AlertRecord | None:
+def fresh_state_notice(
+    store: StateStore, restored: bool, fresh: bool, now: float
+) -> AlertRecord | None:
     """The warning to give when the daemon starts without state (logged here), or None."""
     if restored:
         return None
+    kind = "state file" if isinstance(store.path, Path) else "state database"
     if fresh:
         what = "state-fresh"
         moved = store.moved_aside
@@ -36,12 +40,12 @@ def fresh_state_notice(store: Store, restored: bool, fresh: bool, now: float) ->
     elif store.created:
         what = "state-lost"
         summary = (
-            f"no state file at {store.path}, a new one was created: if rolloutd ran with it "
+            f"no {kind} at {store.path}, a new one was created: if rolloutd ran with it "
             "before, that state is lost and rollouts it had advanced or rolled back start over"
         )
     else:
         what = "state-lost"
-        summary = f"state file {store.path} holds no rollout state (nothing was ever committed)"
+        summary = f"{kind} {store.path} holds no rollout state (nothing was ever committed)"
     summary += (
         f"; every rollout starts from its first step, and flag revisions continue above "
         f"{store.revision_floor}"

@@ -20,7 +20,8 @@ from rolloutd.adapters.known_series import known_series
 from rolloutd.adapters.metrics import DaemonState, build_registry
 from rolloutd.adapters.mqtt import MqttLink
 from rolloutd.adapters.notify import AlertDispatcher
-from rolloutd.adapters.store import Store
+from rolloutd.adapters.state import StateStore
+from rolloutd.adapters.store import Store, StoreError
 from rolloutd.app.cdc import CdcRouter
 from rolloutd.app.clock import Clock
 from rolloutd.app.health import Health
@@ -28,7 +29,7 @@ from rolloutd.app.memory import MemoryBroker
 from rolloutd.app.messages import Sinks
 from rolloutd.app.pipeline import FlagTableWatch, Pipeline
 from rolloutd.app.publisher import Fanout, KafkaOut, MqttOut, Publisher
-from rolloutd.config import Config
+from rolloutd.config import Config, State
 from rolloutd.core.flagwatch import FlagWatch
 
 
@@ -60,9 +61,24 @@ def flag_table_watch(config: Config) -> FlagTableWatch | None:
     )
 
 
+def open_store(state: State, *, fresh: bool = False) -> StateStore:
+    """The state store the config names: the SQLite file, or PostgreSQL (with its lease,
+    not yet taken)."""
+    if state.url is None:
+        return Store.open(state.path, fresh=fresh)
+    if fresh:
+        raise StoreError(
+            f"--fresh moves a state file aside; state {state.where()} is a database: "
+            "drop its tables to start from an empty state"
+        )
+    from rolloutd.adapters.pgstore import PgStore  # psycopg only where it is used
+
+    return PgStore.open(state.url.get_secret_value(), lease=state.lease)
+
+
 @dataclass(slots=True)
 class Parts:
-    store: Store
+    store: StateStore
     health: Health
     state: DaemonState
     registry: CollectorRegistry
@@ -81,12 +97,15 @@ def build(
     *,
     fresh: bool = False,
     memory: MemoryBroker | None = None,
+    store: StateStore | None = None,
 ) -> Parts:
-    """The daemon's parts for `config`; the Kafka consumer loop is made by the service,
-    which owns its positions and callbacks."""
+    """The daemon's parts for `config` (on `store`, or the one the config names); the
+    Kafka consumer loop is made by the service, which owns its positions and callbacks."""
     now = clock.now
-    store = Store.open(config.state.path, fresh=fresh)
-    health = Health()
+    if store is None:
+        store = open_store(config.state, fresh=fresh)
+    lease = store.lease
+    health = Health(leased=lease is not None)
     cdc = CdcRouter(tuple(m.wiring() for m in config.migrations)) if config.migrations else None
     state = DaemonState(
         ready=lambda: health.ready,
@@ -95,6 +114,7 @@ def build(
         migrations=cdc.metrics if cdc is not None else dict,
         outbox_pending=lambda: len(publisher.pending),
         breakers=lambda: {n: b.state for n, b in pipeline.engine.breakers.items()},
+        leader=lambda: health.standby is None,
     )
     registry, latency, confirm_delay = build_registry(lambda: pipeline, state)
 
@@ -117,7 +137,9 @@ def build(
     )
     if delivery is not None:  # the state at start, before any decision of this run
         delivery.board.seed(pipeline.engine.rollouts, pipeline.revisions)
-    alerts = AlertDispatcher(config.alerts, pipeline.confirm)
+    # A daemon that is not (or no longer) the leader by its own clock sends nothing.
+    may_publish = (lambda: lease.valid(clock.monotonic())) if lease is not None else None
+    alerts = AlertDispatcher(config.alerts, pipeline.confirm, may_send=may_publish or _always)
     state.alerts_sent = alerts.sent
 
     def from_mqtt(topic: str, payload: bytes) -> None:
@@ -136,7 +158,7 @@ def build(
             kafka_out = KafkaPublisher(config.sources.kafka)
         if config.sources.mqtt is not None:
             mqtt = mqtt_out = MqttLink(config.sources.mqtt, from_mqtt, health.source("mqtt"))
-    publisher = Publisher(pipeline.confirm, kafka_out, mqtt_out, clock.monotonic)
+    publisher = Publisher(pipeline.confirm, kafka_out, mqtt_out, clock.monotonic, may_publish)
     outbox = Fanout(publisher, alerts)
     return Parts(
         store,
@@ -151,6 +173,10 @@ def build(
         publisher,
         outbox,
     )
+
+
+def _always() -> bool:
+    return True
 
 
 def _sources(config: Config) -> Sequence[str]:

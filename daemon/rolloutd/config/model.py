@@ -46,7 +46,7 @@ class Config(Section):
             "source."
         ),
     )
-    state: State = Field(State(), description="Durable state (SQLite, WAL).")
+    state: State = Field(State(), description="Durable state (SQLite, WAL, or PostgreSQL).")
     http: Http = Field(Http(), description="Admin API, /metrics and health checks.")
     alerts: tuple[Alert, ...] = Field(
         (), description="Notifiers: pagerduty, slack, alertmanager or webhook."
@@ -233,7 +233,7 @@ class Config(Section):
         alerts = ", ".join(f"{alert.name} ({alert.type})" for alert in self.alerts)
         return [
             *lines,
-            f"state: {self.state.path}",
+            f"state: {self.state.where()}",
             f"http: {self.http.listen} ({token})",
             f"alerts: {alerts or 'none'}",
         ]

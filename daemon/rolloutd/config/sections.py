@@ -5,6 +5,7 @@ server and the engine settings.
 from __future__ import annotations
 
 from typing import Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
@@ -242,12 +243,35 @@ class Sinks(Section):
     )
 
 
+def postgres_place(url: str) -> str:
+    """postgresql://u:secret@db1:5432/app -> "postgresql db1:5432/app"."""
+    parts = urlsplit(url)
+    host = f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+    return f"postgresql {host}/{parts.path.lstrip('/') or parts.username or ''}"
+
+
 class State(Section):
     path: Text = Field(
         "./rolloutd-state.db",
         description=(
             "The SQLite state file (rollout and trigger states, alert outbox, consumer offsets); "
             "relative to the working directory. Default ./rolloutd-state.db."
+        ),
+    )
+    url: SecretStr | None = Field(
+        None,
+        description=(
+            "postgresql://user[:password]@host:port/db: keep the state in PostgreSQL instead of "
+            "the SQLite file, shared by two or more daemons of which one leads (a lease row) and "
+            "the others stand by. A secret (give the password as ${VAR}; never logged). Not "
+            "together with path."
+        ),
+    )
+    lease: PositiveDuration = Field(
+        10.0,
+        description=(
+            "With url: how long the leader's lease lasts without a renewal (renewed every third "
+            "of it); a standby takes over at most this long after the leader stopped. Default 10s."
         ),
     )
     # Kafka batches that decide nothing are persisted with their offsets at most this often
@@ -260,6 +284,23 @@ class State(Section):
             "once. Default 1s."
         ),
     )
+
+    def where(self) -> str:
+        """The state's place for logs and summaries: the file, or PostgreSQL's host and
+        database (never the user's password)."""
+        if self.url is None:
+            return self.path
+        return postgres_place(self.url.get_secret_value())
+
+    @model_validator(mode="after")
+    def _check_one_place(self) -> Self:
+        if self.url is not None:
+            if "path" in self.model_fields_set:
+                raise invalid_at("url", "give either url (PostgreSQL) or path (SQLite), not both")
+            scheme = self.url.get_secret_value().partition("://")[0]
+            if scheme not in ("postgresql", "postgres"):
+                raise invalid_at("url", "must be a postgresql:// URL")
+        return self
 
 
 class Http(Section):

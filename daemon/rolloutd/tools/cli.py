@@ -177,7 +177,7 @@ def _run(config_path: Path, fresh: bool, grace: float, level: str, fmt: str) -> 
     except StoreError as exc:
         hint = " (run with --fresh to start from an empty state)" if exc.fresh_helps else ""
         print(f"rolloutd: {exc}{hint}", file=sys.stderr)
-        return EXIT_USAGE
+        return 1 if exc.transient else EXIT_USAGE  # a database away: restarting may help
     return asyncio.run(service.run())
 
 

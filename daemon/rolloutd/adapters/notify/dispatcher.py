@@ -16,6 +16,9 @@ Rules:
   a restart forgets it (see lane.py).
 * A row already queued is not queued again when `add` sees it twice.
 * `notify` queues a record with no row (best effort) for what the store cannot hold.
+* With a leader lease, `may_send` is asked before every request: a daemon that does not
+  lead (a standby, or a leader stopped past its lease) sends nothing; its rows stay in the
+  outbox for the leader.
 * HTTP goes through one aiohttp session per `run` (and one per `flush`); HTTP(S)_PROXY and
   NO_PROXY from the environment apply.
 * `add`, `run`, `flush` and `reconfigure` are called from the event loop. `flush` is for
@@ -78,8 +81,10 @@ class AlertDispatcher:
         clock: Callable[[], float] = time.time,
         dashboard_url: str | None = None,
         rng: random.Random | None = None,
+        may_send: Callable[[], bool] = lambda: True,
     ) -> None:
         self.sent: Counter[tuple[str, str]] = Counter()
+        self._may_send = may_send
         self._store_confirm = confirm
         self._clock = clock
         self._dashboard_url = dashboard_url
@@ -93,7 +98,7 @@ class AlertDispatcher:
 
     def _lane(self, config: AlertConfig) -> Lane:
         notifier = make_notifier(config, self._dashboard_url)
-        return Lane(notifier, self._confirm, self.sent, self._clock, self._rng)
+        return Lane(notifier, self._confirm, self.sent, self._clock, self._rng, self._may_send)
 
     def _confirm(self, ids: list[int]) -> None:
         if ids:

@@ -72,8 +72,10 @@ class Lane:
         sent: Counter[tuple[str, str]],
         clock: Callable[[], float],
         rng: random.Random,
+        may_send: Callable[[], bool] = lambda: True,
     ) -> None:
         self.notifier = notifier
+        self.may_send = may_send  # the leader lease; False: hold every request
         self.redact = Redactor(notifier.secrets())
         self.confirm = confirm
         self.sent = sent
@@ -192,6 +194,9 @@ class Lane:
         backoff = Backoff(first=RETRY_FIRST, cap=RETRY_CAP, rng=self.rng)
         attempt = 1
         while True:
+            if not self.may_send():  # not (or no longer) the leader: the row waits for it
+                await asyncio.sleep(RETRY_FIRST)
+                continue
             timeout = self.notifier.config.timeout
             outcome = await post(session, request, timeout, self.redact, self.clock)
             if outcome.status != "retry":
