@@ -195,3 +195,42 @@ async def test_failover_on_sigkill_and_no_publishing_after_sigstop(
     firing = [r for r in received if r["status"] == "firing" and r["key"] == "co/errors"]
     assert firing
     assert firing[0]["action"] == "rollback"
+
+
+async def test_failover_in_a_consumer_group_waits_for_the_dead_members_session(
+    tansu: Tansu, pg_url: str, pair: list[Daemon], tmp_path: Path
+) -> None:
+    """With `group_id` the new leader joins the group and gets the partitions once the killed
+    member's session expired (a dynamic member: with a lease that is the default); then it
+    decides on what was produced while nobody led."""
+    tansu.create_topics(TOPICS)
+    ports = free_port(), free_port()
+    group = f"ha-{tmp_path.name[-8:]}"
+    async with webhook() as (hook, _), Kafka(tansu.bootstrap) as kafka:
+        for name, port in zip("ab", ports, strict=True):
+            (tmp_path / name).mkdir()
+            text = (
+                config(tansu, pg_url, port, hook)
+                .replace(
+                    "group_id: null,",
+                    f"group_id: {group}, session_timeout: 6s,",  # a dynamic member, with a lease
+                )
+                .replace("{percent: 10, hold: 2s}", "{percent: 10, hold: 600s}")
+            )
+            pair.append(Daemon(tmp_path / name, text))
+        first, second = pair
+        first.start()
+        await until_ready(ports[0])
+        second.start()
+        await until_standby(ports[1])
+        await kafka.send(requests("canary", 20, 0))
+        await kafka.wait_for("rollout.flags", lambda f: bool(f))
+        assert first.signal(signal.SIGKILL) == -signal.SIGKILL
+        killed = time.monotonic()
+        await kafka.send(requests("canary", 5000, 2500))  # produced while nobody leads
+        flags = await kafka.wait_for(
+            "rollout.flags", lambda f: f[-1]["phase"] == "rolled_back", deadline=60
+        )
+        print(f"\nrolled back by the new leader {time.monotonic() - killed:.2f}s after the kill")
+        await kafka.settle(1.0)
+    assert [(f["percent"], f["generation"]) for f in distinct(flags)] == [(10, 1), (0, 2)]

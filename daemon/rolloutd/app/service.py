@@ -461,6 +461,10 @@ class Service:
         # the start, for a new store; after a crash, what the lost run read but never
         # persisted is read again.
         member = instance_id(source, self.config.state.path)
+        if self.lease is not None and source.group_instance_id is None:
+            # A takeover is always another member, for which a static one only waits longer
+            # (its partitions stay with the dead member): dynamic, unless an id is given.
+            member = None
         if member is not None:
             log.info("kafka: static group member %s", member)
         return KafkaConsumerLoop(

@@ -126,7 +126,8 @@ class KafkaSource(Section):
         True,
         description="Join the consumer group as a static member (KIP-345) under "
         "group_instance_id: a restarted daemon (after a crash too) takes its partitions "
-        "back without waiting for its old member's session to expire.",
+        "back without waiting for its old member's session to expire. With state.url (a "
+        "leader and standbys) off unless group_instance_id is set: a takeover is another member.",
     )
     group_instance_id: Text | None = Field(
         None,
