@@ -25,8 +25,9 @@ CONFIG = MEMORY_CONFIG.replace('state: {{path: "{state}"}}', 'state: {{url: "{ur
 WAIT = 20.0  # seconds a condition may take at most (it takes a lease poll or two)
 
 
-def _service(url: str, broker: MemoryBroker, clock: FakeClock) -> Service:
-    config = parse_config(CONFIG.format(url=url))
+def _service(url: str, broker: MemoryBroker, clock: FakeClock, delivery: bool = False) -> Service:
+    text = CONFIG.format(url=url) + ("delivery: {flagd: {http: true}}\n" if delivery else "")
+    config = parse_config(text)
     return Service(config, clock=clock.clock(), handle_signals=False, memory=broker)
 
 
@@ -51,7 +52,7 @@ def test_the_standby_waits_reads_and_leads_from_the_state_left(pg_url: str) -> N
         await _until(lambda: "publisher" in first.tasks and not first.publisher.pending)
         assert first.health.standby is None
         assert first.state.leader()
-        second = _service(pg_url, second_broker, clock)
+        second = _service(pg_url, second_broker, clock, delivery=True)
         second_run = asyncio.create_task(second.run())
         await _until(lambda: second.health.standby is not None)
 
@@ -66,6 +67,8 @@ def test_the_standby_waits_reads_and_leads_from_the_state_left(pg_url: str) -> N
         await _until(lambda: len(_flags(first_broker)) == 2)
         await _until(lambda: second.pipeline.engine.rollout("co").phase == "rolled_back")
         assert second_broker.kafka == []  # a standby publishes nothing
+        assert second.delivery is not None  # and its flagd document follows the leader's
+        assert second.delivery.board.entries["new_co"].percent == 0
 
         first.stop()  # a clean stop releases the lease: the standby leads at its next poll
         assert await first_run == 0
