@@ -19,8 +19,11 @@ here on free loopback ports: tests/brokers.py, tests/postgres.py).
   in PostgreSQL (a new database each run), alternating SQLite, PostgreSQL, ... --pairs
   times in the same session; the ratio PostgreSQL / SQLite of the medians. Goal >= 0.8.
 
+  `--checkpoint 0` commits every Kafka batch (the store's worst case) instead of the
+  default 1 s.
+
 Run: .venv/bin/python bench/bench_ha.py [--quick] [--only failover|throughput]
-         [--runs 10] [--lease 10] [--events N] [--pairs 2]
+         [--runs 10] [--lease 10] [--events N] [--pairs 2] [--checkpoint S]
 """
 
 from __future__ import annotations
@@ -210,17 +213,23 @@ def measure_failover(args: argparse.Namespace, workdir: Path) -> list[float]:
                 member.stop()
 
 
-class PgDaemon(bench_e2e.Daemon):
-    """bench_e2e's daemon with its state in PostgreSQL (a new database: no --fresh)."""
+class StateDaemon(bench_e2e.Daemon):
+    """bench_e2e's daemon with `state.checkpoint` set, and its state in PostgreSQL when a URL
+    is given (a new database: no --fresh)."""
 
-    def __init__(self, workdir: Path, spec: str, bootstrap: str, log_level: str, url: str):
-        super().__init__(workdir, spec, bootstrap, log_level)
+    def __init__(
+        self, workdir: Path, spec: str, bootstrap: str, checkpoint: float, url: str | None
+    ) -> None:
+        super().__init__(workdir, spec, bootstrap, "WARNING")
+        self.url = url
         text = self.config.read_text()
         line = next(x for x in text.splitlines() if x.startswith("state:"))
-        self.config.write_text(text.replace(line, f'state: {{url: "{url}", lease: 10s}}'))
+        place = f'path: "{workdir / "state.db"}"' if url is None else f'url: "{url}", lease: 10s'
+        state = f"state: {{{place}, checkpoint: {checkpoint:g}s}}"
+        self.config.write_text(text.replace(line, state))
 
     def argv(self) -> list[str]:
-        return [a for a in super().argv() if a != "--fresh"]
+        return [a for a in super().argv() if a != "--fresh" or self.url is None]
 
 
 def throughput_once(
@@ -233,10 +242,8 @@ def throughput_once(
         fill = asyncio.run(bench_e2e.prefill(tansu.bootstrap, args.events, 200, 1, 1))
         floor = asyncio.run(bench_e2e.bare_consume(tansu.bootstrap, 1, fill.messages))
         spec = bench_e2e.throughput_spec(200)
-        if postgres is None:
-            daemon = bench_e2e.Daemon(workdir, spec, tansu.bootstrap, "WARNING")
-        else:
-            daemon = PgDaemon(workdir, spec, tansu.bootstrap, "WARNING", postgres.database())
+        url = postgres.database() if postgres is not None else None
+        daemon = StateDaemon(workdir, spec, tansu.bootstrap, args.checkpoint, url)
         assert tansu.pid is not None
         limit = 120 + args.events / 10_000
         run = asyncio.run(bench_e2e.run_daemon(tansu.bootstrap, daemon, 1, tansu.pid, limit))
@@ -267,6 +274,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--lease", type=float, default=10.0, help="state.lease, seconds")
     parser.add_argument("--events", type=int, help="pre-filled events (300k; quick 100k)")
     parser.add_argument("--pairs", type=int, help="SQLite/PostgreSQL runs each (2; quick 1)")
+    parser.add_argument(
+        "--checkpoint", type=float, default=1.0, help="state.checkpoint, s (0: every batch)"
+    )
     args = parser.parse_args(argv)
     args.runs = args.runs or (3 if args.quick else 10)
     args.events = args.events or (100_000 if args.quick else 300_000)
@@ -288,7 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f" max {max(gaps):.2f} s, min {min(gaps):.2f} s (lease {args.lease:g} s)"
             )
         if args.only in (None, "throughput"):
-            print(f"throughput, {args.events:,} events, 200 rollouts, 1 partition:")
+            print(
+                f"throughput, {args.events:,} events, 200 rollouts, 1 partition, "
+                f"checkpoint {args.checkpoint:g} s:"
+            )
             (base / "throughput").mkdir()
             rates = measure_throughput(args, base / "throughput")
             sqlite, pg = (statistics.median(rates[k]) for k in ("sqlite", "postgresql"))
