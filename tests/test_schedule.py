@@ -3,6 +3,7 @@ driving the engine in virtual time."""
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import re
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
 from helpers import T0, batch, command, engine, error_trigger, rollout
+from rolloutd.app.jobs import wall_clock_jobs
 from rolloutd.core.decisions import Decision, encode, to_dict
 from rolloutd.core.engine import Engine
 from rolloutd.core.events import Event
@@ -602,3 +604,31 @@ def test_a_snapshot_without_the_schedule_key_still_loads() -> None:
     del state["scheduled"]
     eng.rollout("co").load(state)
     assert not eng.rollout("co").scheduled
+
+
+def test_the_opening_job_ticks_at_the_next_opening_and_schedules_the_one_after() -> None:
+    window = parse_cron("0 9 * * *")  # 09:00-09:01 UTC every day
+    spec = EngineSpec(rollouts=(rollout(advance_window=window),))
+    clock = [datetime(2026, 3, 2, 12, 0, tzinfo=UTC).timestamp()]
+    ticks: list[float] = []
+
+    async def scenario() -> None:
+        scheduler = wall_clock_jobs(
+            lambda: None, lambda: spec, lambda: clock[0], lambda: ticks.append(clock[0])
+        )
+        scheduler.start(paused=True)  # its jobs are run by hand here
+        try:
+            job = scheduler.get_job("open:co")
+            assert job is not None
+            assert job.trigger.run_date == datetime(2026, 3, 3, 9, 0, tzinfo=UTC)
+            assert scheduler.get_job("compact") is not None
+            clock[0] = datetime(2026, 3, 3, 9, 0, tzinfo=UTC).timestamp()  # at the opening
+            job.func()
+            assert ticks == [clock[0]]  # one evaluation at the exact moment
+            again = scheduler.get_job("open:co")
+            assert again is not None
+            assert again.trigger.run_date == datetime(2026, 3, 4, 9, 0, tzinfo=UTC)
+        finally:
+            scheduler.shutdown(wait=False)
+
+    asyncio.run(scenario())

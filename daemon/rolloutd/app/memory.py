@@ -14,7 +14,13 @@ import asyncio
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from rolloutd.adapters.store import OutboxItem
+    from rolloutd.app.pipeline import Pipeline
 
 Source = Literal["kafka", "mqtt"]
 
@@ -35,6 +41,26 @@ class MemoryBroker:
     @property
     def drained(self) -> bool:
         return not self.inbox
+
+    def feed(self, pipeline: Pipeline, now: Callable[[], float]) -> list[OutboxItem]:
+        """Hand everything put so far to `pipeline` as the real consumers would: Kafka
+        messages with increasing offsets (partition 0), MQTT messages one by one."""
+        items: list[OutboxItem] = []
+        while self.inbox:
+            source, topic, payloads = self.inbox.popleft()
+            at = now()
+            if source == "mqtt":
+                for payload in payloads:
+                    items += pipeline.ingest("mqtt", [payload], at, topic=topic)
+                continue
+            first = self.offsets.get(topic, 0)
+            self.offsets[topic] = last = first + len(payloads)
+            keys: list[bytes | None] = [None] * len(payloads)
+            values: list[bytes | None] = list(payloads)
+            origins = [(0, list(range(first, last)))]
+            batch = [(topic, keys, values)]
+            items += pipeline.ingest_topics(batch, at, {(topic, 0): last}, origins)
+        return items
 
     def kafka_out(self) -> MemoryKafka:
         return MemoryKafka(self)

@@ -12,12 +12,11 @@ Rules:
   is still in the outbox within the grace period (what does not make it stays in the store
   and goes out after the next start), close the store, return 0. `run(until_drained=True)`
   with a `MemoryBroker` stops the same way once everything put was taken and published.
-* With a leader lease (PostgreSQL state) a daemon first stands by: HTTP, signals and a poll
-  of the lease every third of it, reading the state the leader commits so the read APIs
-  show it. Once it takes the lease it reads the state a last time (nothing can commit behind
-  it now), joins the sources and leads; it renews the lease every third of it. A leader
-  that finds the lease lost stops at once and exits 1 (`LeaseLost`): systemd or compose
-  starts it again, as a standby. A clean stop releases the lease so a standby leads at once.
+* With a leader lease (PostgreSQL state) a daemon first stands by (HTTP, signals and the
+  lease's poll, see leadership.py), then joins the sources and leads, renewing the lease.
+  A leader that finds the lease lost stops at once and exits 1 (`LeaseLost`): systemd or
+  compose starts it again, as a standby. A clean stop releases the lease so a standby
+  leads at once.
 """
 
 from __future__ import annotations
@@ -26,14 +25,11 @@ import asyncio
 import logging
 import signal
 from collections.abc import Coroutine
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.date import DateTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
 from rolloutd import __version__
 from rolloutd.adapters import connections
@@ -52,6 +48,8 @@ from rolloutd.adapters.systemd import SystemdNotifier
 from rolloutd.app import gc_tuning, logthrottle
 from rolloutd.app.clock import SYSTEM, Clock
 from rolloutd.app.health import HEALTH_EVERY, HealthAlerts, problems
+from rolloutd.app.jobs import wall_clock_jobs
+from rolloutd.app.leadership import Leadership
 from rolloutd.app.memory import MemoryBroker
 from rolloutd.app.reload import Reloader
 from rolloutd.app.state_notice import fresh_state_notice
@@ -64,7 +62,6 @@ from rolloutd.engine_build import engine_kind
 log = logging.getLogger("rolloutd.service")
 
 DEFAULT_GRACE = 10.0
-COMPACT_EVERY = 300.0  # seconds between WAL checkpoints of the state store
 DRAINED_POLL = 0.01  # seconds between looks at a memory broker's inbox and the outbox
 
 
@@ -108,6 +105,18 @@ class Service:
         self.health_alerts = HealthAlerts()
         self.bucket = config.engine.bucket
         self.lease = self.store.lease  # None: one daemon on a SQLite file, always leading
+        self.leadership = (
+            Leadership(
+                self.lease,
+                self.pipeline,
+                self.health,
+                self.delivery,
+                self.monotonic,
+                self.store.path,
+            )
+            if self.lease is not None
+            else None
+        )
         self.kafka_in: KafkaConsumerLoop | None = None
         if config.sources.kafka is not None and memory is None:
             logthrottle.CLIENT_LOGS.interval = config.sources.kafka.client_log_interval
@@ -163,9 +172,7 @@ class Service:
         broker = self.memory
         assert broker is not None
         while True:
-            while broker.inbox:
-                source, topic, payloads = broker.inbox.popleft()
-                self._feed(broker, source, topic, payloads)
+            self.outbox.add(broker.feed(self.pipeline, self.clock))
             broker.arrived.clear()
             if until_drained and not self.publisher.pending:
                 self.stop()
@@ -174,21 +181,6 @@ class Service:
                 await asyncio.sleep(DRAINED_POLL)
             else:
                 await broker.arrived.wait()
-
-    def _feed(self, broker: MemoryBroker, source: str, topic: str, payloads: list[bytes]) -> None:
-        now = self.clock()
-        if source == "mqtt":
-            for payload in payloads:
-                self.outbox.add(self.pipeline.ingest("mqtt", [payload], now, topic=topic))
-            return
-        first = broker.offsets.get(topic, 0)
-        broker.offsets[topic] = first + len(payloads)
-        keys: list[bytes | None] = [None] * len(payloads)
-        values: list[bytes | None] = list(payloads)
-        offsets = {(topic, 0): first + len(payloads)}
-        origins = [(0, list(range(first, first + len(payloads))))]
-        items = self.pipeline.ingest_topics([(topic, keys, values)], now, offsets, origins)
-        self.outbox.add(items)
 
     # -- alerts about the daemon itself ---------------------------------------------------
     async def _health_alerts(self) -> None:
@@ -218,44 +210,6 @@ class Service:
             if all(not t.done() for name, t in self.tasks.items() if name != "lifecycle"):
                 self.systemd.watchdog()
             await asyncio.sleep(interval)
-
-    # -- wall-clock jobs -----------------------------------------------------------------
-    def _scheduler(self) -> AsyncIOScheduler:
-        """Jobs on the wall clock: store compaction and advance-window openings.
-
-        The ticker already evaluates every bucket boundary (so steps advance at an opening
-        on their own); the opening job evaluates at the exact moment and says so in the log.
-        """
-        scheduler = AsyncIOScheduler(timezone="UTC")
-        scheduler.add_job(
-            self.store.compact,
-            IntervalTrigger(seconds=COMPACT_EVERY),
-            id="compact",
-            coalesce=True,
-            max_instances=1,
-        )
-        for rollout in self.pipeline.spec.rollouts:
-            if rollout.advance_window is not None:
-                self._schedule_opening(scheduler, rollout.name)
-        return scheduler
-
-    def _schedule_opening(self, scheduler: AsyncIOScheduler, name: str) -> None:
-        window = next(r.advance_window for r in self.pipeline.spec.rollouts if r.name == name)
-        assert window is not None
-        now = self.clock()
-        opening = window.next_opening(now if not window.contains(now) else now + 60.0)
-        if opening is None:
-            return
-
-        def opened() -> None:
-            log.info("advance window of %s is open (%s)", name, window.expression)
-            self.outbox.add(self.pipeline.tick(self.clock()))
-            self._schedule_opening(scheduler, name)
-
-        at = datetime.fromtimestamp(opening, tz=UTC)
-        scheduler.add_job(
-            opened, DateTrigger(run_date=at), id=f"open:{name}", replace_existing=True
-        )
 
     # -- HTTP ---------------------------------------------------------------------------
     async def _http(self) -> None:
@@ -372,7 +326,12 @@ class Service:
         if notice is not None:  # a restart at step 1 must never be silent
             self.outbox.add(self.pipeline.daemon_alert(notice))
         self.health.started = True
-        self.scheduler = self._scheduler()
+        self.scheduler = wall_clock_jobs(
+            self.store.compact,
+            lambda: self.pipeline.spec,
+            self.clock,
+            lambda: self.outbox.add(self.pipeline.tick(self.clock())),
+        )
         self.scheduler.start()
         jobs = {
             "publisher": self.publisher.run(),
@@ -390,62 +349,16 @@ class Service:
             jobs["kafka"] = self.kafka_in.run()
         if self.memory is not None:
             jobs["memory"] = self._memory(self.until_drained)
-        if self.lease is not None:
-            jobs["lease"] = self._keep_lease()
+        if self.leadership is not None:
+            jobs["lease"] = self.leadership.keep()
         self._spawn(group, jobs)
 
-    # -- the leader lease ----------------------------------------------------------------
     async def _stand_by(self, group: asyncio.TaskGroup) -> None:
-        """Poll the lease; meanwhile show the leader's state. Lead once it is ours."""
-        lease = self.lease
-        assert lease is not None
-        while True:
-            try:
-                if await asyncio.to_thread(lease.try_acquire, self.monotonic()):
-                    break
-                holder, generation, alive = await asyncio.to_thread(lease.holder)
-                self._show_leaders_state()
-                who = f"{holder or 'nobody'} leads (generation {generation})"
-                self.health.stand_by(f"standby: {who if alive else 'the lease is free'}")
-            except StoreError as exc:  # the database is away: keep trying, stay a standby
-                self.health.stand_by(f"standby: {exc}")
-                log.warning("standby: %s", exc)
-            await asyncio.sleep(lease.seconds / 3)
-        self._show_leaders_state()  # the last time: nothing commits behind us any more
-        self.health.stand_by(None)
-        log.info(
-            "leading (generation %s, state %s)",
-            lease.generation,
-            self.store.path,
-            extra={"generation": lease.generation},
-        )
+        """Stand by until the lease is ours (leadership.py), then lead."""
+        assert self.leadership is not None
+        await self.leadership.wait_to_lead()
         self._lead(group)
         del self.tasks["standby"]  # done: /healthz and the watchdog look at the rest
-
-    def _show_leaders_state(self) -> None:
-        """Read the state the leader committed: for the read API, and for flag delivery
-        (flagd, Unleash) whenever a revision moved."""
-        shown = dict(self.pipeline.revisions)
-        self.pipeline.reload_state()
-        if self.delivery is not None and self.pipeline.revisions != shown:
-            self.delivery.board.seed(self.pipeline.engine.rollouts, self.pipeline.revisions)
-
-    async def _keep_lease(self) -> None:
-        """Renew every third of the lease; a renewal refused means another daemon leads."""
-        lease = self.lease
-        assert lease is not None
-        while True:
-            await asyncio.sleep(lease.seconds / 3)
-            sent = self.monotonic()
-            try:
-                held = await asyncio.to_thread(lease.renew, sent)
-            except StoreError as exc:  # a blip: the lease holds until its own clock says not
-                if not lease.valid(self.monotonic()):
-                    raise LeaseLost(f"{exc}; the lease ran out before it could be renewed") from exc
-                log.warning("could not renew the lease: %s", exc)
-                continue
-            if not held:
-                raise LeaseLost(f"state {self.store.path}: another daemon took over the lease")
 
     def _kafka_loop(self, written: float | None) -> KafkaConsumerLoop:
         source = self.config.sources.kafka
