@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from rolloutd.adapters.pgstore import LeaseLost, PgStore
+from rolloutd.adapters.lease import LeaseLost
+from rolloutd.adapters.pgstore import PgStore
 from rolloutd.adapters.state import StateStore
 from rolloutd.adapters.store import REVISIONS_PER_EPOCH, Batch, Loaded, StoreError
 from rolloutd.core.outbound import Sink

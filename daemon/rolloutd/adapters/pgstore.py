@@ -70,7 +70,6 @@ _STATEMENTS = {
     "RETURNING id",
 }
 _T = TypeVar("_T")
-__all__ = ["LeaseLost", "PgStore"]
 
 
 def connect(url: str, *, timeout: float = 5.0, autocommit: bool = False) -> Conn:

@@ -132,10 +132,12 @@ class Pipeline:
         self.recent: dict[str, deque[Decision]] = {}
         self._sinks = sinks
         self._alerts = alerts
-        self._restore()
+        self.reload_state()
 
-    def _restore(self) -> None:
-        """Take up the state the store holds: at start, and on a standby (`reload_state`)."""
+    def reload_state(self) -> None:
+        """Take up the state the store holds: at start, and on a standby, as the leader last
+        committed it (for the read APIs, and where it starts from once it leads: after taking
+        the lease, so nothing commits behind it)."""
         store, spec = self.store, self.spec
         loaded = store.load()
         self.engine = Engine.restore_parts(spec, loaded.engine, loaded.rollouts)
@@ -152,13 +154,6 @@ class Pipeline:
             self.flags.watch.load(msgspec.json.decode(loaded.watches[FLAGS_STATE]))
         self._cdc_changed = False
         self._flags_changed = False
-        self._pending = {}
-
-    def reload_state(self) -> None:
-        """Read the state again, as the leader last committed it: a standby's view for the
-        read APIs, and where it starts from once it leads (after taking the lease, so nothing
-        commits behind it)."""
-        self._restore()
 
     def positions(self) -> dict[tuple[str, int], int]:
         """The next offset to read per (topic, partition): what the store holds, and what the

@@ -51,10 +51,10 @@ class Publisher:
         kafka: KafkaOut | None,
         mqtt: MqttOut | None,
         monotonic: Callable[[], float] = time.monotonic,
-        may_publish: Callable[[], bool] | None = None,
+        may_publish: Callable[[], bool] = lambda: True,
     ) -> None:
         self.confirm = confirm  # in the store: these rows left
-        # Asked before every send (the leader lease, by the local clock); None: always.
+        # Asked before every send (the leader lease, by the local clock).
         self.may_publish = may_publish
         self.kafka = kafka
         self.mqtt = mqtt
@@ -93,7 +93,7 @@ class Publisher:
 
     async def send_some(self) -> bool:
         """Publish up to CHUNK items; True if all of them went out."""
-        if self.may_publish is not None and not self.may_publish():
+        if not self.may_publish():
             return False  # not the leader (any more): the rows stay for whoever leads
         chunk = [self.pending[i] for i in range(min(CHUNK, len(self.pending)))]
         kafka = [i for i in chunk if i.sink.kind is SinkKind.KAFKA]
@@ -136,7 +136,7 @@ class Publisher:
         """Try to empty the outbox within `grace` seconds."""
         deadline = self.monotonic() + grace
         while self.pending and self.monotonic() < deadline:
-            if self.may_publish is not None and not self.may_publish():
+            if not self.may_publish():
                 break
             try:
                 sent = await asyncio.wait_for(self.send_some(), deadline - self.monotonic())

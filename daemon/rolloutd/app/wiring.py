@@ -138,8 +138,8 @@ def build(
     if delivery is not None:  # the state at start, before any decision of this run
         delivery.board.seed(pipeline.engine.rollouts, pipeline.revisions)
     # A daemon that is not (or no longer) the leader by its own clock sends nothing.
-    may_publish = (lambda: lease.valid(clock.monotonic())) if lease is not None else None
-    alerts = AlertDispatcher(config.alerts, pipeline.confirm, may_send=may_publish or _always)
+    leading = (lambda: lease.valid(clock.monotonic())) if lease is not None else _always
+    alerts = AlertDispatcher(config.alerts, pipeline.confirm, may_send=leading)
     state.alerts_sent = alerts.sent
 
     def from_mqtt(topic: str, payload: bytes) -> None:
@@ -158,7 +158,7 @@ def build(
             kafka_out = KafkaPublisher(config.sources.kafka)
         if config.sources.mqtt is not None:
             mqtt = mqtt_out = MqttLink(config.sources.mqtt, from_mqtt, health.source("mqtt"))
-    publisher = Publisher(pipeline.confirm, kafka_out, mqtt_out, clock.monotonic, may_publish)
+    publisher = Publisher(pipeline.confirm, kafka_out, mqtt_out, clock.monotonic, leading)
     outbox = Fanout(publisher, alerts)
     return Parts(
         store,

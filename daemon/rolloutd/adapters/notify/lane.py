@@ -72,7 +72,7 @@ class Lane:
         sent: Counter[tuple[str, str]],
         clock: Callable[[], float],
         rng: random.Random,
-        may_send: Callable[[], bool] = lambda: True,
+        may_send: Callable[[], bool],
     ) -> None:
         self.notifier = notifier
         self.may_send = may_send  # the leader lease; False: hold every request
