@@ -24,7 +24,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from brokers import Mosquitto, Tansu, free_port
-from rolloutd.adapters.store import REVISIONS_PER_EPOCH
+from rolloutd.adapters.store import REVISIONS_PER_EPOCH, Store
+from rolloutd.app.service import Service
+from rolloutd.config import parse_config
 
 TOPICS = ["rollout.metrics", "rollout.commands", "rollout.flags", "rollout.decisions"]
 DEADLINE = 30.0
@@ -429,3 +431,56 @@ def _readyz(port: int) -> tuple[int, dict[str, Any]]:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+MQTT_ONLY = """
+rollouts:
+  - name: co
+    flag: new_co
+    steps: [{{percent: 5, hold: 1h}}, {{percent: 100}}]
+sources:
+  mqtt: {{url: "{mqtt}", topics: ["telemetry/+/events"], client_id: rolloutd-test,
+          clean_session: false}}
+sinks:
+  mqtt: {{}}
+state: {{path: "{state}"}}
+http: {{listen: "127.0.0.1:0"}}
+"""
+
+
+async def test_stop_publishes_what_waits_for_mqtt_over_a_connection_of_its_own(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """At stop the MQTT loop is already cancelled: the drain borrows a connection (another
+    client id, so the loop's persistent session is left alone), the retained flag state
+    still goes out and the outbox is empty."""
+    state = tmp_path / "s.db"
+    config = parse_config(MQTT_ONLY.format(mqtt=mosquitto.url, state=state))
+    service = Service(config, handle_signals=False, grace=5.0)
+    service.stop()  # before the loop ever connects: the start's flag state waits
+    assert await service.run() == 0
+
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="reader") as client:
+        await client.subscribe("rollouts/flags/new_co", qos=1)
+        message = await asyncio.wait_for(anext(aiter(client.messages)), 10)
+    assert isinstance(message.payload, bytes)
+    assert message.retain
+    assert (json.loads(message.payload)["percent"], json.loads(message.payload)["phase"]) == (
+        5,
+        "progressing",
+    )
+    with Store.open(state) as store:
+        assert store.stats()["outbox"] == 0
+
+
+async def test_stop_with_the_mqtt_broker_gone_keeps_the_flag_state_for_the_next_start(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    state = tmp_path / "s.db"
+    config = parse_config(MQTT_ONLY.format(mqtt=mosquitto.url, state=state))
+    mosquitto.stop()
+    service = Service(config, handle_signals=False, grace=0.5)
+    service.stop()
+    assert await service.run() == 0  # the borrowed connection is refused: nothing lost
+    with Store.open(state) as store:
+        assert [item.sink.target for item in store.load().outbox] == ["rollouts/flags/new_co"]

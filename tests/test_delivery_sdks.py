@@ -156,7 +156,13 @@ def daemon(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Daemon]:
     yield daemon
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0, log.read_text()
+        try:
+            code = proc.wait(timeout=20)
+        finally:
+            if proc.poll() is None:  # never left running past its test
+                proc.kill()
+                proc.wait()
+        assert code == 0, log.read_text()
 
 
 def _ready(daemon: Daemon) -> bool:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from rolloutd.adapters.backoff import Backoff
+from rolloutd.adapters.cancel import honour_cancel
 from rolloutd.adapters.mqtt import MqttUnavailable
 from rolloutd.adapters.notify import AlertDispatcher
 from rolloutd.adapters.store import OutboxItem
@@ -83,7 +84,9 @@ class Publisher:
             await self.wake.wait()
             self.wake.clear()
             while self.pending:
-                if not await self.send_some():
+                sent = await self.send_some()
+                honour_cancel()  # a client's wait_for may have lost it (adapters/cancel.py)
+                if not sent:
                     if self.failing_since is None:
                         self.failing_since = self.monotonic()
                     await asyncio.sleep(self.backoff.next())
@@ -139,7 +142,8 @@ class Publisher:
             if not self.may_publish():
                 break
             try:
-                sent = await asyncio.wait_for(self.send_some(), deadline - self.monotonic())
+                async with asyncio.timeout(deadline - self.monotonic()):
+                    sent = await self.send_some()
             except TimeoutError:
                 break
             if not sent:

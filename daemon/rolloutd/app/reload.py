@@ -53,7 +53,8 @@ class Reloader:
         seen = mtime(path)
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.requested.wait(), RELOAD_POLL)
+                async with asyncio.timeout(RELOAD_POLL):
+                    await self.requested.wait()
             current = mtime(path)
             if not self.requested.is_set() and current == seen:
                 continue

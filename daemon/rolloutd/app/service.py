@@ -57,6 +57,7 @@ from rolloutd.app.wiring import build
 from rolloutd.config import Config
 from rolloutd.core.decisions import Decision
 from rolloutd.core.events import CommandName
+from rolloutd.core.outbound import SinkKind
 from rolloutd.engine_build import engine_kind
 
 log = logging.getLogger("rolloutd.service")
@@ -410,9 +411,17 @@ class Service:
         self.store.close()
 
     async def _drain(self) -> None:
-        """Publish and deliver what is left within the grace period."""
-        flushed = await self.publisher.flush(self.grace)
-        await self.alerts.flush(self.grace)
+        """Publish and deliver what is left within one grace period: brokers and notifiers
+        side by side; the MQTT loop is gone by now, so its link lends a connection."""
+        flushed, _ = await asyncio.gather(self._publish_rest(), self.alerts.flush(self.grace))
         if not flushed:
             left = len(self.publisher.pending)
             log.warning("%d messages stay in the outbox for the next start", left)
+
+    async def _publish_rest(self) -> bool:
+        deadline = self.monotonic() + self.grace
+        waiting = any(item.sink.kind is SinkKind.MQTT for item in self.publisher.pending)
+        if self.mqtt is None or not waiting:
+            return await self.publisher.flush(self.grace)
+        async with self.mqtt.publishing(self.grace):
+            return await self.publisher.flush(deadline - self.monotonic())

@@ -155,7 +155,8 @@ class Lane:
             wakeup = self.next_wakeup()
             timeout = None if wakeup is None else max(0.0, wakeup - loop_time())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self.wake.wait()
 
     async def drain(self, session: aiohttp.ClientSession) -> None:
         """Deliver everything queued now, groups included, then return (for shutdown)."""
