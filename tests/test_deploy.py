@@ -560,6 +560,29 @@ def test_the_two_daemon_overlay_passes_check_config_and_shares_one_state() -> No
     assert overlay["postgres"]["environment"]["POSTGRES_DB"] == "rolloutd"
 
 
+def test_the_two_daemon_overlay_scrapes_both_daemons_and_is_otherwise_the_stack() -> None:
+    """prometheus-ha.yml is prometheus.yml with the pair in the `rolloutd` job (so
+    RolloutdNoLeader sees both), and the overlay keeps compose.yaml's other flags."""
+    overlay = yaml.safe_load((DEPLOY / "compose-ha.yaml").read_text())["services"]
+    command = overlay["prometheus"]["command"]
+    base = service("prometheus")["command"]
+    assert "--config.file=/etc/prometheus/prometheus-ha.yml" in command
+    assert [c for c in command if "config.file" not in c] == [
+        c for c in base if "config.file" not in c
+    ]
+    single = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    pair = yaml.safe_load((DEPLOY / "prometheus" / "prometheus-ha.yml").read_text())
+    job = next(j for j in pair["scrape_configs"] if j["job_name"] == "rolloutd")
+    assert [t for c in job["static_configs"] for t in c["targets"]] == [
+        f"rolloutd:{PORT}",
+        f"rolloutd-b:{PORT}",
+    ]
+    job["static_configs"] = next(
+        j for j in single["scrape_configs"] if j["job_name"] == "rolloutd"
+    )["static_configs"]
+    assert pair == single
+
+
 def test_ports_and_hosts_agree_across_the_files() -> None:
     config = compose_rolloutd_config()
     host, _, port = config["http"]["listen"].rpartition(":")
@@ -779,7 +802,11 @@ def promtool_parses(exprs: list[tuple[str, str]], tmp_path: Path) -> None:
 
 def test_prometheus_config_and_rules_are_valid() -> None:
     tool = debian_tool("promtool", "prometheus")
-    for args in (("config", "prometheus.yml"), ("rules", "rules.yml")):
+    for args in (
+        ("config", "prometheus.yml"),
+        ("config", "prometheus-ha.yml"),
+        ("rules", "rules.yml"),
+    ):
         done = run(tool, "check", *args, cwd=DEPLOY / "prometheus")
         assert done.returncode == 0, done.stdout + done.stderr
 
