@@ -6,8 +6,13 @@ samples inside its window. No caches, no shortcuts, no compiled code: the optimi
 must decide exactly what this decides.
 
 Scope: request, gauge and counter triggers (with baselines, `for`, `min_samples`, presence
-ops), every command, bake and `after_completion`. Not here: breakers, schedules
-(`start_at`, advance windows), snapshots and reloads (other tests hold those).
+ops), judge triggers and their sample-ratio checks, every command, bake and
+`after_completion`. Not here: breakers, schedules (`start_at`, advance windows), snapshots
+and reloads (other tests hold those).
+
+A judge keeps every request it took, with the bucket it was taken in and the canary's share
+then, and at each reading feeds fresh tests (core/judge.py's statistics, which have their
+own known answers) with the buckets closed by then, a batch per bucket and share.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 from rolloutd.core.decisions import (
     AlertDecision,
     Decision,
+    Evidence,
     PercentDecision,
     PhaseDecision,
     RefusedDecision,
@@ -28,6 +34,7 @@ from rolloutd.core.decisions import (
 )
 from rolloutd.core.events import Command, Counter, Event, Gauge, Request, Requests
 from rolloutd.core.histogram import latency_slot, slot_value
+from rolloutd.core.judge import CountTest, GridCountTest, MeanTest, SampleRatioTest
 from rolloutd.core.rollout import refusal_reason
 from rolloutd.core.spec import EngineSpec, RolloutSpec, TriggerSpec
 
@@ -85,6 +92,205 @@ class Reading:
     samples: int
 
 
+@dataclass
+class Taken:
+    """Requests a judge took: in engine bucket `bucket`, while the canary's share was rho."""
+
+    bucket: int
+    rho: float
+    arm: int  # 0 the canary's cohort, 1 the control's
+    count: int
+    errors: int
+    latencies: tuple[float, ...]
+
+
+@dataclass
+class Tests:
+    """A judge's statistics fed with everything taken in buckets closed by the reading."""
+
+    counts: CountTest | GridCountTest | None
+    mean: MeanTest | None
+    srm: SampleRatioTest | None
+    requests: list[int]
+    share: float  # the share of the last batch (the Dirichlet test's)
+
+
+def welford(values: list[float]) -> tuple[int, float, float]:
+    """Count, mean and sum of squared deviations, one value at a time in arrival order."""
+    n, mean, m2 = 0, 0.0, 0.0
+    for value in values:
+        n += 1
+        delta = value - mean
+        mean += delta / n
+        m2 += delta * (value - mean)
+    return n, mean, m2
+
+
+def finite(value: float) -> float:
+    return value if math.isfinite(value) else 1e300
+
+
+class RefJudge:
+    """One judge trigger's requests since the rollout's start (or retry)."""
+
+    def __init__(self, spec: TriggerSpec) -> None:
+        assert spec.judge is not None
+        assert spec.judge.srm_of is None
+        self.spec = spec
+        self.judge = spec.judge
+        self.taken: list[Taken] = []
+        self.counted_keys: list[tuple[int, str]] = []  # (event bucket, key) of counted errors
+
+    def reset(self) -> None:
+        self.taken, self.counted_keys = [], []
+
+    def take(self, event: Request | Requests, rho: float, bucket: int, event_bucket: int) -> None:
+        judge = self.judge
+        arm = {self.spec.cohort: 0, judge.against: 1}.get(event.cohort, -1)
+        if isinstance(event, Request):
+            count, errors, key = 1, 0 if event.ok else 1, event.key
+            latencies: tuple[float, ...] = () if event.latency_ms is None else (event.latency_ms,)
+        else:
+            count, errors, key, latencies = event.count, event.errors, None, event.latency_ms
+        if arm < 0 or count <= 0 or not 0.0 < rho < 1.0:
+            return  # another cohort, nothing, or no split (0% or 100%)
+        if errors and key is not None and judge.per_key:
+            # One error per key per bucket; one from a bucket older than a counted one is
+            # not counted either.
+            newest = max((b for b, _ in self.counted_keys), default=-1)
+            first = event_bucket >= newest and (event_bucket, key) not in self.counted_keys
+            if first:
+                self.counted_keys.append((event_bucket, key))
+            errors = 1 if first else 0
+        self.taken.append(Taken(bucket, rho, arm, count, errors, latencies))
+
+    def batches(self, head: int) -> list[list[Taken]]:
+        """What buckets before `head` took, a batch per run of one bucket and one share."""
+        out: list[list[Taken]] = []
+        for item in self.taken:
+            if item.bucket >= head:
+                continue  # its bucket is still open: the tests see it once it closed
+            last = out[-1][-1] if out else None
+            if last is not None and (last.bucket, last.rho) == (item.bucket, item.rho):
+                out[-1].append(item)
+            else:
+                out.append([item])
+        return out
+
+    def tests(self, head: int) -> Tests:
+        judge = self.judge
+        dirichlet = judge.mixture == "dirichlet"
+        counts: CountTest | GridCountTest | None = None
+        mean: MeanTest | None = None
+        if judge.test == "counts":
+            counts = CountTest(judge.concentration) if dirichlet else GridCountTest()
+        else:
+            mean = MeanTest(judge.tau)
+        srm = SampleRatioTest() if judge.srm_alpha is not None else None
+        tests = Tests(counts, mean, srm, [0, 0], -1.0)
+        for batch in self.batches(head):
+            rho = batch[0].rho
+            requests = [sum(t.count for t in batch if t.arm == arm) for arm in (0, 1)]
+            errors = [sum(t.errors for t in batch if t.arm == arm) for arm in (0, 1)]
+            if isinstance(counts, CountTest) and rho != tests.share:
+                counts.reset()  # the fixed-share test starts again at each new share
+            tests.share = rho
+            tests.requests = [tests.requests[0] + requests[0], tests.requests[1] + requests[1]]
+            if srm is not None:
+                srm.observe_both(rho, requests[0], requests[1])
+            if counts is not None:
+                counts.observe_both(rho, errors[0], errors[1])
+                continue
+            assert mean is not None
+            for arm in (0, 1):  # read once, after both arms
+                if judge.test == "proportion":
+                    availability = self.spec.metric == "availability"
+                    ones = requests[arm] - errors[arm] if availability else errors[arm]
+                    mean.observe_counts(arm, ones, requests[arm], arm == 1)
+                else:
+                    lats = [v for t in batch if t.arm == arm for v in t.latencies]
+                    n, avg, m2 = welford(lats)
+                    mean.observe_summary(arm, n, avg, m2, arm == 1)
+        return tests
+
+    def read(self, head: int, srm_check: bool) -> tuple[float, float, int, bool | None]:
+        """(value, bound, samples, verdict) of the judge or of its sample-ratio check."""
+        tests = self.tests(head)
+        judge, canary, control = self.judge, tests.requests[0], tests.requests[1]
+        least = self.spec.min_samples
+        mismatch = tests.srm is not None and tests.srm.mismatch(judge.srm_alpha or 0.0)
+        if srm_check:
+            assert tests.srm is not None
+            assert judge.srm_alpha is not None
+            samples = canary + control
+            verdict = None if samples < least else mismatch
+            return math.exp(min(tests.srm.log_e, 700.0)), 1.0 / judge.srm_alpha, samples, verdict
+        if tests.counts is not None:
+            log_e = tests.counts.log_e
+            if isinstance(tests.counts, CountTest):
+                worse = tests.counts.worse(judge.alpha, tests.share)
+            else:
+                worse = tests.counts.worse(judge.alpha)
+        else:
+            assert tests.mean is not None
+            log_e = tests.mean.log_lambda
+            direction = -1 if self.spec.metric == "availability" else 1
+            worse = tests.mean.worse(judge.alpha, direction)
+        trusted = canary >= least and control >= least and not mismatch
+        return math.exp(min(log_e, 700.0)), 1.0 / judge.alpha, canary, worse if trusted else None
+
+    def evidence(self, head: int, srm_check: bool) -> Evidence:
+        tests, judge = self.tests(head), self.judge
+        samples = {self.spec.cohort: tests.requests[0], judge.against: tests.requests[1]}
+        if srm_check:
+            srm, srm_alpha = tests.srm, judge.srm_alpha
+            assert srm is not None
+            assert srm_alpha is not None
+            low, high = srm.bounds(srm_alpha)
+            e_value = finite(math.exp(min(srm.log_e, 700.0)))
+            return Evidence(
+                test="srm",
+                alpha=srm_alpha,
+                e_value=e_value,
+                p_value=srm.p_value,
+                estimate=srm.estimate(),
+                lower=low,
+                upper=high,
+                samples=samples,
+            )
+        counts = tests.counts
+        if counts is not None:
+            estimate: float | None = None
+            lower: float | None = None
+            upper: float | None = None
+            if isinstance(counts, GridCountTest):  # the Dirichlet test estimates nothing
+                estimate, (lower, upper) = counts.estimate(), counts.bounds(judge.alpha)
+            return Evidence(
+                test="counts",
+                alpha=judge.alpha,
+                e_value=finite(counts.e_value),
+                p_value=counts.p_value,
+                estimate=estimate,
+                lower=lower,
+                upper=upper,
+                samples=samples,
+                errors={self.spec.cohort: counts.errors[0], judge.against: counts.errors[1]},
+            )
+        mean = tests.mean
+        assert mean is not None
+        low_m, high_m = mean.interval(judge.alpha)
+        return Evidence(
+            test=judge.test,
+            alpha=judge.alpha,
+            e_value=finite(math.exp(min(mean.log_lambda, 700.0))),
+            p_value=mean.p_value,
+            estimate=mean.difference(),
+            lower=None if math.isinf(low_m) else low_m,
+            upper=None if math.isinf(high_m) else high_m,
+            samples=samples,
+        )
+
+
 class RefTrigger:
     def __init__(self, spec: TriggerSpec, bucket: float) -> None:
         self.spec = spec
@@ -98,6 +304,8 @@ class RefTrigger:
         self.bound: float | None = None
         self.samples = 0
         self.outcome = "insufficient"
+        self.judge: RefJudge | None = None  # a judge trigger's tests, or its check's
+        self.srm_check = spec.judge is not None and spec.judge.srm_of is not None
 
     @property
     def kind(self) -> str:
@@ -108,6 +316,8 @@ class RefTrigger:
         return (cohort, self.kind, name)
 
     def cohorts(self) -> list[str]:
+        if self.spec.judge is not None:
+            return []  # reads its judge's tests, not a window
         base = self.spec.baseline
         return [self.spec.cohort] + ([base.cohort] if base is not None else [])
 
@@ -138,6 +348,11 @@ class RefTrigger:
     def read(
         self, now: float, head: int, started_at: float | None, series: dict[Any, Series]
     ) -> None:
+        if self.judge is not None:
+            reading = self.judge.read(head, self.srm_check)
+            self.value, self.bound, self.samples, verdict = reading
+            self.outcome = "insufficient" if verdict is None else "breach" if verdict else "ok"
+            return
         own = series[self.key(self.spec.cohort)]
         if self.spec.op in ("unchanged", "absent"):
             self._read_presence(now, head, started_at, own)
@@ -219,6 +434,12 @@ class RefRollout:
         self.step_started = 0.0
         self.percent = 0.0
         self.started_at: float | None = None
+        self.head = 0  # the bucket of the evaluation point at hand
+        self.judges = [RefJudge(t) for t in spec.triggers if t.judge and not t.judge.srm_of]
+        for trig in self.triggers:
+            if trig.spec.judge is not None:
+                owner = trig.spec.judge.srm_of or trig.spec.name
+                trig.judge = next(j for j in self.judges if j.spec.name == owner)
         self.series: dict[tuple[str, str, str], Series] = {}
         for trig in self.triggers:
             for cohort in trig.cohorts():
@@ -274,6 +495,9 @@ class RefRollout:
                 value=trig.value,
                 threshold=trig.bound,
                 samples=trig.samples,
+                evidence=None
+                if trig.judge is None
+                else trig.judge.evidence(self.head, trig.srm_check),
             )
         )
 
@@ -307,7 +531,10 @@ class RefRollout:
                 self._trigger(out, now, trig, "inactive")
                 if trig.state == "firing":
                     self._alert(out, now, trig, "resolved")
+        for trig in self.triggers:  # then every trigger begins again, its judge too
             trig.state, trig.since, trig.ok_since = "inactive", None, None
+        for judge in self.judges:
+            judge.reset()
         self._enter(out, now, 0, reason, actor)
 
     # -- evaluation ---------------------------------------------------------------------
@@ -399,6 +626,8 @@ class RefRollout:
     def add(self, event: Request | Requests | Gauge | Counter, bucket: int, head: int) -> None:
         cohort = event.cohort
         if isinstance(event, Request | Requests):
+            for judge in self.judges:  # every request, whatever the windows keep
+                judge.take(event, self.percent / 100.0, head, bucket)
             series = self.series.get((cohort, "request", ""))
         else:
             kind = "gauge" if isinstance(event, Gauge) else "counter"
@@ -439,6 +668,7 @@ class ReferenceEngine:
         last = self._bucket(now)
         for b in range(self.head + 1, last + 1):
             for rollout in self.rollouts:
+                rollout.head = b
                 if rollout.armed:
                     rollout.evaluate(out, b * self.bucket, b)
         self.head = max(self.head, last)
@@ -448,6 +678,7 @@ class ReferenceEngine:
         if self.now is None:
             self.now, self.head = now, self._bucket(now)
             for rollout in self.rollouts:
+                rollout.head = self.head
                 if rollout.spec.start == "immediately":
                     rollout.start(out, now, "start")
         elif now > self.now:
@@ -470,6 +701,7 @@ class ReferenceEngine:
             bucket = current if event.ts >= at else self._bucket(event.ts)
             target.add(event, bucket, current)
         for rollout in self.rollouts:  # one evaluation point: every armed rollout, in order
+            rollout.head = current
             if starting and rollout.spec.start == "immediately":
                 rollout.start(out, at, "start")
             if rollout is target and isinstance(event, Command):

@@ -1,10 +1,11 @@
 """Stateful properties of the engine: invariants under interleaved events, clock jumps,
 commands and restarts from snapshots; and decision-for-decision agreement with the plain
 reference of tests/reference_engine.py, which recomputes every trigger from the raw samples
-in its window at every evaluation point."""
+in its window at every evaluation point (and every judge from all it took)."""
 
 from __future__ import annotations
 
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -12,6 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from helpers import T0, batch, command, error_trigger, event, rollout
 from reference_engine import ReferenceEngine
 from rolloutd.app.messages import Positions
+from rolloutd.config import parse_config
 from rolloutd.core.decisions import (
     Decision,
     PercentDecision,
@@ -155,6 +157,85 @@ FLAPPING = EngineSpec(
 )
 
 
+# Judges of every kind beside a threshold trigger: the grid count test with its sample-ratio
+# check, the Dirichlet test counting one error per key, proportions on availability, and
+# mean latency after completion; small `min_samples` so they decide within a run.
+JUDGED = parse_config(
+    yaml.safe_dump(
+        {
+            "triggers": {
+                "worse": {
+                    "metric": "error_rate",
+                    "judge": {"alpha": 0.05, "srm": {"alpha": 0.01}},
+                    "min_samples": 30,
+                    "for": "2s",
+                },
+                "errors": {
+                    "metric": "error_rate",
+                    "op": ">",
+                    "threshold": 0.6,
+                    "window": "5s",
+                    "min_samples": 10,
+                    "action": "pause",
+                },
+                "keyed": {
+                    "metric": "error_rate",
+                    "judge": {"mixture": "dirichlet", "per_key": True, "alpha": 0.1, "srm": False},
+                    "min_samples": 5,
+                    "action": "alert",
+                },
+                "avail": {
+                    "metric": "availability",
+                    "judge": {"test": "proportion", "tau": 0.05},
+                    "min_samples": 20,
+                    "action": "pause",
+                },
+                "slow": {
+                    "metric": "latency_mean",
+                    "judge": {"tau": 50.0, "srm": False},
+                    "min_samples": 3,
+                    "after_completion": True,
+                },
+            },
+            "rollouts": [
+                {
+                    "name": "co",
+                    "flag": "new_co",
+                    "steps": [
+                        {"percent": 5, "hold": "15s"},
+                        {"percent": 25, "hold": "15s"},
+                        {"percent": 100},
+                    ],
+                    "bake": "20s",
+                    "triggers": ["worse", "errors", "keyed"],
+                },
+                {
+                    "name": "side",
+                    "flag": "side_flag",
+                    "start": "manual",
+                    "steps": [
+                        {"percent": 10, "hold": "5s"},
+                        {"percent": 50, "hold": "5s"},
+                        {"percent": 100},
+                    ],
+                    "bake": "5s",
+                    "triggers": ["avail"],
+                },
+                {
+                    "name": "third",
+                    "flag": "third_flag",
+                    "steps": [{"percent": 20, "hold": "3s"}, {"percent": 100}],
+                    "bake": "4s",
+                    "triggers": ["slow"],
+                },
+            ],
+        },
+        sort_keys=False,
+    ),
+    env={},
+).to_spec()
+
+
 class EngineMachine(RuleBasedStateMachine):
     """Drives an engine and a twin restored from its snapshots; they must never disagree.
 
@@ -238,13 +319,24 @@ class EngineMachine(RuleBasedStateMachine):
         lat=st.none() | st.floats(0.0, 2000.0),
         which=st.integers(0, 3),
         late=st.sampled_from([0.0, 0.0, 0.7, 2.5]),
+        key=st.sampled_from([None, "u1", "u1", "u2"]),
     )
     def single(
-        self, dt: float, cohort: str, ok: bool, lat: float | None, which: int, late: float
+        self,
+        dt: float,
+        cohort: str,
+        ok: bool,
+        lat: float | None,
+        which: int,
+        late: float,
+        key: str | None,
     ) -> None:
-        """One `request`: the engine's single-request path (`add_one`)."""
+        """One `request`: the engine's single-request path (`add_one`); a `key` for the
+        judges that count one error per key."""
         self.ts += dt
-        extra = {} if lat is None else {"latency_ms": lat}
+        extra: dict[str, object] = {} if lat is None else {"latency_ms": lat}
+        if key is not None:
+            extra["key"] = key
         ev = event(
             ts=self.ts - late,
             type="request",
@@ -370,3 +462,84 @@ TestFlappingMachine = FlappingMachine.TestCase
 def test_bucket_numbers_of_one_second_buckets_are_floor_division(ts: float) -> None:
     assert bucket_number(ts, 1.0) == int(ts // 1.0)
     assert bucket_number(ts, 0.25) == int(ts // 0.25)
+
+
+class JudgeMachine(EngineMachine):
+    """The same checks with judge triggers: what each took, when it reads (bucket ends),
+    resets, the sample-ratio check's hold, and their evidence, against the reference."""
+
+    spec = JUDGED
+    names = ("co", "side", "third")
+
+    @rule(
+        dt=st.floats(min_value=0.0, max_value=2.0),
+        which=st.integers(0, 2),
+        total=st.integers(20, 200),
+        canary_bad=st.sampled_from([0.0, 0.02, 0.1, 0.4]),
+        control_bad=st.sampled_from([0.0, 0.02, 0.1]),
+        lat=st.lists(st.floats(0.0, 1000.0), max_size=4),
+        slower=st.sampled_from([0.0, 0.0, 400.0]),
+    )
+    def split(
+        self,
+        dt: float,
+        which: int,
+        total: int,
+        canary_bad: float,
+        control_bad: float,
+        lat: list[float],
+        slower: float,
+    ) -> None:
+        """Both cohorts' batches split as planned (so the sample-ratio check holds), the
+        canary as good as control or worse, in errors or latency: the judges decide."""
+        self.ts += dt
+        name = self.names[which]
+        canary = round(total * self.engine.rollout(name).percent / 100)
+        for cohort, count, bad, shift in (
+            ("canary", canary, canary_bad, slower),
+            ("control", total - canary, control_bad, 0.0),
+        ):
+            latencies = [v + shift for v in lat]
+            ev = batch(self.ts, cohort, count, int(count * bad), latency_ms=latencies, rollout=name)
+            self._both("handle", ev)
+
+    @rule(
+        dt=st.floats(min_value=0.0, max_value=1.0),
+        cohort=st.sampled_from(["canary", "control"]),
+        key=st.sampled_from(["u1", "u2"]),
+        errors=st.integers(1, 5),
+        late=st.sampled_from([0.0, 0.0, 1.5]),
+    )
+    def noisy_key(self, dt: float, cohort: str, key: str, errors: int, late: float) -> None:
+        """One user's burst of errors: counted once per bucket by the per-key judge."""
+        self.ts += dt
+        for _ in range(errors):
+            ev = event(
+                ts=self.ts - late, type="request", cohort=cohort, ok=False, rollout="co", key=key
+            )
+            self._both("handle", ev)
+
+    @invariant()
+    def the_judges_saw_what_the_reference_took(self) -> None:
+        """Between decisions too: every armed rollout's judges hold the evidence the
+        reference computes from all it took in the buckets closed by now. The twin's
+        closed buckets are flushed first, as its next reading would (after a restore its
+        routes slide at their next event); flushing early changes no decision."""
+        if self.reference.now is None:
+            return
+        head = self.reference.head
+        for ref in self.reference.rollouts:
+            if not ref.armed:
+                continue
+            triggers = self.twin.rollout(ref.spec.name).triggers
+            for mine, theirs in zip(triggers, ref.triggers, strict=True):
+                if theirs.judge is None:
+                    continue
+                assert mine.judge is not None
+                mine.judge.flush(head)
+                expected = theirs.judge.evidence(head, theirs.srm_check)
+                assert mine.evidence() == expected, mine.spec.name
+
+
+JudgeMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=80, deadline=None)
+TestJudgeMachine = JudgeMachine.TestCase

@@ -327,6 +327,25 @@ def test_a_snapshot_without_judges_loads() -> None:
     assert [d["state"] for d in judged(decisions)] == ["firing"]
 
 
+def test_a_restore_mid_bucket_still_reads_that_bucket_at_its_end() -> None:
+    """A restored engine slides its routes at their first event; the open bucket's batch
+    must wait for the bucket's end all the same (reading it early would peek)."""
+    spec = spec_of(config({"min_samples": 10, "for": "0s"}))
+    eng, _ = started(spec)
+    worse = [
+        Requests(ts=T0 + 0.2, rollout="co", cohort="canary", count=20, errors=20),
+        Requests(ts=T0 + 0.3, rollout="co", cohort="control", count=380, errors=0),
+    ]
+    run(eng, iter(worse))
+    restored = Engine.restore(spec, eng.snapshot())
+    same_bucket = [Requests(ts=T0 + 0.6, rollout="co", cohort="control", count=1, errors=0)]
+    assert run(restored, iter(same_bucket)) == run(eng, iter(same_bucket)) == []
+    next_bucket = [Requests(ts=T0 + 1.1, rollout="co", cohort="control", count=1, errors=0)]
+    decided = run(restored, iter(next_bucket))
+    assert decided == run(eng, iter(next_bucket))
+    assert [d["state"] for d in judged(decided)] == ["firing"]
+
+
 def test_a_retry_judges_the_new_attempt_alone() -> None:
     eng, _ = started(spec_of(config()))
     decisions = run(eng, traffic(eng, 2.0, 1800))

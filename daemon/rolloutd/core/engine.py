@@ -241,6 +241,9 @@ class Engine:
                 rollout.start(out, now, "start")
                 route.changed = forced = True
             if route is target and command is not None:
+                head = route.head
+                if head == NO_BUCKET or head < current:
+                    self._slide(route, current)  # what its decisions show is of now
                 self._command(out, route, command, now)
                 forced = True
             if not rollout.armed:
@@ -277,7 +280,7 @@ class Engine:
         for sample_feed in route.counters.values():
             sample_feed.series.advance(bucket)
         for judged in route.judges:
-            judged.judge.flush()  # the closed bucket's evidence, read at its end
+            judged.judge.flush(bucket)  # the closed buckets' evidence, read at their end
         for trig in route.rollout.triggers:
             trig.dirty = True
 
@@ -604,11 +607,12 @@ def _judge(
     whether one took them. The tests see them when the bucket closes (`_slide`)."""
     took = False
     rho = route.rollout.percent / 100.0
+    at = route.head  # slid to the engine's bucket before any event is taken
     for feed in route.judges:
         judge = feed.judge
         arm = judge.arm(cohort)
         if arm >= 0:
-            judge.take(arm, count, errors, latencies, rho, key, bucket)
+            judge.take(arm, count, errors, latencies, rho, key, bucket, at)
             took = True
     return took
 

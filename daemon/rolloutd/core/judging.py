@@ -10,9 +10,11 @@ Rules:
   there is no split, and the judge takes nothing.
 * A bucket at a time: events are taken as they come (`take`, O(1)) into the open bucket's
   batch, and the tests see the batch when the bucket closes (`flush`, at the engine's bucket
-  boundary). The guarantee needs the order of errors to be random under "no difference",
-  and within a bucket it is not: batches and partitions arrive by cohort, so a reading
-  after the canary's batch and before control's would peek. A whole bucket is exchangeable
+  boundary). A batch knows its bucket, so a flush takes only closed buckets' batches, however
+  often the route slides (after a restore the first slide is unconditional). The guarantee
+  needs the order of errors to be random under "no difference", and within a bucket it is
+  not: batches and partitions arrive by cohort, so a reading after the canary's batch and
+  before control's would peek. A whole bucket is exchangeable
   (each test's product over it does not depend on the order), so reading at its end keeps
   the guarantee; the judge decides at most one bucket after the evidence.
 * Tests: `counts` observes errors (the grid mixture by default, which keeps its evidence
@@ -96,7 +98,7 @@ class JudgeRuntime:
         self.keyed = KeyedErrors() if judge.per_key else None
         self.requests = [0, 0]
         self.rho = -1.0  # the share the Dirichlet test was started at
-        self.batch = Batch(-1.0)  # the open bucket's events at one share
+        self.batch = Batch(-1.0, -1)  # the open bucket's events at one share
         self.spilled: list[Batch] = []  # the open bucket's events at earlier shares
 
     def arm(self, cohort: str) -> int:
@@ -116,16 +118,17 @@ class JudgeRuntime:
         rho: float,
         key: str | None = None,
         bucket: int = 0,
+        at: int = 0,
     ) -> None:
         """`count` requests of `arm` with `errors` errors, while the canary's share is rho,
-        into the open bucket's batch."""
+        into the batch of bucket `at` (the engine's, now; `bucket` is the event's)."""
         if count <= 0 or not 0.0 < rho < 1.0:
             return
         batch = self.batch
-        if rho != batch.rho:
+        if rho != batch.rho:  # one batch per share; the flush at each slide ends a bucket
             if batch.taken:
                 self.spilled.append(batch)
-            batch = self.batch = Batch(rho)
+            batch = self.batch = Batch(rho, at)
         if errors and key is not None and self.keyed is not None:
             errors = 1 if self.keyed.first(key, bucket) else 0
         batch.taken = True
@@ -135,15 +138,23 @@ class JudgeRuntime:
             for value in latencies:
                 batch.add_latency(arm, value)
 
-    def flush(self) -> bool:
-        """The closed bucket's batches into the tests; whether there were any."""
-        if not self.batch.taken:
-            return False
+    def flush(self, head: int) -> None:
+        """The batches of buckets before `head` into the tests, in the order taken (takes
+        come at the engine's bucket, which never goes back: the closed ones lead)."""
+        open_batches: list[Batch] = []
         for batch in (*self.spilled, self.batch):
-            self._observe(batch)
-        self.spilled = []
-        self.batch = Batch(self.batch.rho)
-        return True
+            if not batch.taken:
+                continue
+            if batch.bucket < head:
+                self._observe(batch)
+            else:
+                open_batches.append(batch)
+        if open_batches:
+            self.batch = open_batches.pop()
+            self.spilled = open_batches
+        else:
+            self.batch = Batch(-1.0, -1)
+            self.spilled = []
 
     def _observe(self, batch: Batch) -> None:
         rho = batch.rho
@@ -266,7 +277,7 @@ class JudgeRuntime:
             self.keyed.reset()
         self.requests = [0, 0]
         self.rho = -1.0
-        self.batch = Batch(-1.0)
+        self.batch = Batch(-1.0, -1)
         self.spilled = []
 
     def dump(self) -> list[Any]:
@@ -293,7 +304,7 @@ class JudgeRuntime:
         if keyed is not None and self.keyed is not None:
             self.keyed.load(keyed)
         batches = [Batch.load(b) for b in rest[0]] if rest else []
-        self.batch = batches.pop() if batches else Batch(-1.0)
+        self.batch = batches.pop() if batches else Batch(-1.0, -1)
         self.spilled = batches
 
 
@@ -301,10 +312,11 @@ class Batch:
     """What one bucket brought at one share: requests and errors per arm, and the
     latencies' count, mean and sum of squared deviations (Welford) for the mean test."""
 
-    __slots__ = ("errors", "m2", "mean", "n", "requests", "rho", "taken")
+    __slots__ = ("bucket", "errors", "m2", "mean", "n", "requests", "rho", "taken")
 
-    def __init__(self, rho: float) -> None:
+    def __init__(self, rho: float, bucket: int) -> None:
         self.rho = rho
+        self.bucket = bucket  # the engine's bucket when taken; -1: unknown (closed at once)
         self.taken = False
         self.requests = [0, 0]
         self.errors = [0, 0]
@@ -320,12 +332,12 @@ class Batch:
         self.n[arm] = n
 
     def dump(self) -> list[Any]:
-        return [self.rho, self.requests, self.errors, self.n, self.mean, self.m2]
+        return [self.rho, self.requests, self.errors, self.n, self.mean, self.m2, self.bucket]
 
     @classmethod
     def load(cls, data: list[Any]) -> Batch:
-        rho, requests, errors, n, mean, m2 = data
-        batch = cls(float(rho))
+        rho, requests, errors, n, mean, m2, *rest = data  # rest: the bucket (absent before)
+        batch = cls(float(rho), int(rest[0]) if rest else -1)
         batch.taken = True
         batch.requests = [int(x) for x in requests]
         batch.errors = [int(x) for x in errors]

@@ -193,12 +193,15 @@ class RolloutRuntime:
         self._transition(out, now, event, phase_reason, actor)
 
     def _reset_triggers(self, out: list[Decision], now: float) -> None:
-        """start/retry: triggers begin inactive; a firing one is resolved on the way."""
+        """start/retry: triggers begin inactive; a firing one is resolved on the way. The
+        decisions first, then the resets: a judge's check shares the judge's tests, and its
+        decision shows them as they were, like every other."""
         for trig in self.triggers:
             if trig.state != INACTIVE:
                 self._trigger_decision(out, now, trig, INACTIVE)
                 if trig.state == FIRING:
                     self._alert(out, now, trig, "resolved")
+        for trig in self.triggers:
             trig.reset()
 
     def _trigger_decision(
