@@ -484,3 +484,35 @@ async def test_stop_with_the_mqtt_broker_gone_keeps_the_flag_state_for_the_next_
     assert await service.run() == 0  # the borrowed connection is refused: nothing lost
     with Store.open(state) as store:
         assert [item.sink.target for item in store.load().outbox] == ["rollouts/flags/new_co"]
+
+
+async def until(condition: Callable[[], bool], seconds: float = DEADLINE) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.01)
+
+
+async def test_the_drain_leaves_the_subscriptions_persistent_session_alone(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """With `clean_session: false` the broker queues what devices send while the daemon is
+    down; the drain's own connection takes none of it, and the next start reads it."""
+    config = parse_config(MQTT_ONLY.format(mqtt=mosquitto.url, state=tmp_path / "s.db"))
+    first = Service(config, handle_signals=False, grace=5.0)
+    running = asyncio.create_task(first.run())
+    await until(lambda: first.health.sources.get("mqtt") is True)  # subscribed
+    _, paused = first.pipeline.command("co", "pause", first.clock(), actor="test")
+    first.outbox.add(paused)  # a flag state to publish as the daemon stops: the drain's
+    first.stop()
+    assert await running == 0
+    sent = {"ts": time.time(), "type": "requests", "rollout": "co", "cohort": "canary"}
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="device-7") as device:
+        body = json.dumps({**sent, "count": 3, "errors": 0})
+        await device.publish("telemetry/7/events", body, qos=1)
+
+    second = Service(config, handle_signals=False, grace=5.0)
+    running = asyncio.create_task(second.run())
+    await until(lambda: second.pipeline.stats.events["mqtt"] == 1)
+    second.stop()
+    assert await running == 0
