@@ -9,9 +9,10 @@ from pathlib import Path
 
 import msgspec
 
+from brokers import free_port
 from rolloutd.app.clock import FakeClock
 from rolloutd.app.memory import MemoryBroker
-from rolloutd.app.service import Service
+from rolloutd.app.service import HTTP_STOP_WAIT, Service
 from rolloutd.config import parse_config
 
 CONFIG = """
@@ -83,3 +84,33 @@ def test_the_offsets_taken_are_stored_and_a_restart_continues(tmp_path: Path) ->
     finally:
         service.store.close()
     assert again.flags("rollout.flags") == []  # restored at 5%: nothing new to publish
+
+
+async def test_a_client_stuck_in_its_request_body_does_not_hold_up_the_stop(
+    tmp_path: Path,
+) -> None:
+    """A request whose body never finishes is given up at stop after a short wait
+    (HTTP_STOP_WAIT), not aiohttp's default minute, which outlasts systemd's stop timeout."""
+    port = free_port()
+    text = CONFIG.format(state=tmp_path / "s.db").replace(
+        'http: {listen: "127.0.0.1:0"}', f'http: {{listen: "127.0.0.1:{port}", token: "t"}}'
+    )
+    service = Service(parse_config(text), handle_signals=False, memory=MemoryBroker())
+    running = asyncio.create_task(service.run())
+    await service.http_up.wait()
+    _, stuck = await asyncio.open_connection("127.0.0.1", port)
+    stuck.write(
+        b"POST /api/v1/rollouts/co/pause HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+    )
+    await stuck.drain()
+    # A later request answered: the server has taken the stuck one's head by now.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert (await reader.read()).startswith(b"HTTP/1.1 200")
+    writer.close()
+    service.stop()
+    done, _ = await asyncio.wait([running], timeout=HTTP_STOP_WAIT + 10)
+    assert running in done
+    assert running.result() == 0
+    stuck.close()

@@ -62,6 +62,10 @@ from rolloutd.engine_build import engine_kind
 
 log = logging.getLogger("rolloutd.service")
 
+# At stop, how long requests still in the admin server may take (aiohttp's default is a
+# minute, longer than the unit's TimeoutStopSec; a client stuck mid-body must not hold it).
+HTTP_STOP_WAIT = 2.0
+
 DEFAULT_GRACE = 10.0
 DRAINED_POLL = 0.01  # seconds between looks at a memory broker's inbox and the outbox
 
@@ -228,7 +232,12 @@ class Service:
             standby=lambda: self.health.standby,
         )
         http = self.config.http
-        runner = web.AppRunner(build_app(ctx), access_log=None, keepalive_timeout=http.idle_timeout)
+        runner = web.AppRunner(
+            build_app(ctx),
+            access_log=None,
+            keepalive_timeout=http.idle_timeout,
+            shutdown_timeout=HTTP_STOP_WAIT,
+        )
         await runner.setup()
         host, port = http.address
         budget = connections.plan(http.max_connections, http.fd_reserve)
