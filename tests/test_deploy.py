@@ -230,6 +230,19 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert done.returncode == 0
 
 
+def test_the_pair_drop_in_keeps_restarting_and_passes_verify(tmp_path: Path) -> None:
+    """deploy/systemd/rolloutd-ha.conf lifts the start limit; verify reads it beside the
+    unit (rolloutd.service.d/) and complains of nothing."""
+    drop_in = UNIT.parent / "rolloutd-ha.conf"
+    assert unit_directives(drop_in.read_text()) == {"Unit": {"StartLimitIntervalSec": ["0"]}}
+    unit = unit_for_this_machine(tmp_path)
+    (tmp_path / "rolloutd.service.d").mkdir()
+    (tmp_path / "rolloutd.service.d" / "ha.conf").write_text(drop_in.read_text())
+    done = run(debian_tool("systemd-analyze", "systemd"), "verify", unit)
+    assert done.stderr == "", done.stderr
+    assert done.returncode == 0
+
+
 def test_unit_exposure_is_low(tmp_path: Path) -> None:
     tool = debian_tool("systemd-analyze", "systemd")
     done = run(tool, "security", "--offline=yes", "--threshold=20", unit_for_this_machine(tmp_path))
