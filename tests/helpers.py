@@ -1,8 +1,11 @@
-"""Shared builders for engine tests: specs, events and a virtual-time driver."""
+"""Shared builders for engine tests: specs, events and a virtual-time driver; and `until`,
+the bounded wait of the tests that run the daemon's parts on the wall clock."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -87,3 +90,11 @@ def steady(canary_errors: float = 0.0, control_errors: float = 0.0, count: int =
 
 def kinds(decisions: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in decisions if d["kind"] == kind]
+
+
+async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    """Poll `condition` until it holds; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.01)

@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 
 from brokers import Tansu, free_port
+from helpers import until
 from rolloutd.adapters.connections import ConnectionBudget, ConnectionLimiter, serve
 from rolloutd.config import Http
 from test_daemon import TOPICS, Kafka, config_text, requests
@@ -69,13 +70,6 @@ async def get(port: int, path: str = "/ok") -> bytes:
         return await asyncio.wait_for(reader.read(), 5)
     finally:
         writer.close()
-
-
-async def until(check: object, deadline: float = 5.0) -> None:
-    end = time.monotonic() + deadline
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < end, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 async def closed_by_server(reader: asyncio.StreamReader) -> bool:
@@ -242,7 +236,7 @@ async def test_events_keep_flowing_while_the_admin_port_is_flooded(
             await kafka.send(*(requests("canary", 10, 0) for _ in range(10)))
             before = await poll_events(port, 10)
             flooding = flood(port, FLOOD)
-            await until(lambda: open_files(proc.pid) >= 192, deadline=30)  # the cap is full
+            await until(lambda: open_files(proc.pid) >= 192, within=30)  # the cap is full
             await kafka.send(*(requests("canary", 10, 0) for _ in range(50)))
             assert await poll_events(port, before + 50) == before + 50
             assert open_files(proc.pid) < OPEN_FILES - 64  # the reserve stayed free

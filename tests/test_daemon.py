@@ -24,6 +24,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from brokers import Mosquitto, Tansu, free_port
+from helpers import until
 from rolloutd.adapters.store import REVISIONS_PER_EPOCH, Store
 from rolloutd.app.service import Service
 from rolloutd.config import parse_config
@@ -486,13 +487,6 @@ async def test_stop_with_the_mqtt_broker_gone_keeps_the_flag_state_for_the_next_
         assert [item.sink.target for item in store.load().outbox] == ["rollouts/flags/new_co"]
 
 
-async def until(condition: Callable[[], bool], seconds: float = DEADLINE) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        await asyncio.sleep(0.01)
-
-
 async def test_the_drain_leaves_the_subscriptions_persistent_session_alone(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
@@ -501,7 +495,7 @@ async def test_the_drain_leaves_the_subscriptions_persistent_session_alone(
     config = parse_config(MQTT_ONLY.format(mqtt=mosquitto.url, state=tmp_path / "s.db"))
     first = Service(config, handle_signals=False, grace=5.0)
     running = asyncio.create_task(first.run())
-    await until(lambda: first.health.sources.get("mqtt") is True)  # subscribed
+    await until(lambda: first.health.sources.get("mqtt") is True, DEADLINE)  # subscribed
     _, paused = first.pipeline.command("co", "pause", first.clock(), actor="test")
     first.outbox.add(paused)  # a flag state to publish as the daemon stops: the drain's
     first.stop()
@@ -513,6 +507,6 @@ async def test_the_drain_leaves_the_subscriptions_persistent_session_alone(
 
     second = Service(config, handle_signals=False, grace=5.0)
     running = asyncio.create_task(second.run())
-    await until(lambda: second.pipeline.stats.events["mqtt"] == 1)
+    await until(lambda: second.pipeline.stats.events["mqtt"] == 1, DEADLINE)
     second.stop()
     assert await running == 0

@@ -7,12 +7,12 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 
 from brokers import free_port
+from helpers import until
 from rolloutd.app.clock import FakeClock
 from rolloutd.app.memory import MemoryBroker
 from rolloutd.app.service import Service
@@ -31,14 +31,6 @@ def _service(url: str, broker: MemoryBroker, clock: FakeClock, delivery: bool = 
     return Service(config, clock=clock.clock(), handle_signals=False, memory=broker)
 
 
-async def _until(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(WAIT):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.02)  # a lease poll is real time: a third of 0.6 s
-
-
 def _flags(broker: MemoryBroker) -> list[dict[str, object]]:
     return [json.loads(p) for p in broker.flags("rollout.flags")]
 
@@ -49,12 +41,12 @@ def test_the_standby_waits_reads_and_leads_from_the_state_left(pg_url: str) -> N
         first_broker, second_broker = MemoryBroker(), MemoryBroker()
         first = _service(pg_url, first_broker, clock)
         first_run = asyncio.create_task(first.run())
-        await _until(lambda: "publisher" in first.tasks and not first.publisher.pending)
+        await until(lambda: "publisher" in first.tasks and not first.publisher.pending, WAIT)
         assert first.health.standby is None
         assert first.state.leader()
         second = _service(pg_url, second_broker, clock, delivery=True)
         second_run = asyncio.create_task(second.run())
-        await _until(lambda: second.health.standby is not None)
+        await until(lambda: second.health.standby is not None, WAIT)
 
         # The standby: not ready, not leading, mutations refused; reads show the leader's.
         assert not second.state.leader()
@@ -64,27 +56,27 @@ def test_the_standby_waits_reads_and_leads_from_the_state_left(pg_url: str) -> N
         assert "memory" not in second.tasks
         first_broker.put("kafka", "rollout.metrics", [_requests(T0, "control", 100, 1)])
         first_broker.put("kafka", "rollout.metrics", [_requests(T0 + 0.5, "canary", 20, 10)])
-        await _until(lambda: len(_flags(first_broker)) == 2)
-        await _until(lambda: second.pipeline.engine.rollout("co").phase == "rolled_back")
+        await until(lambda: len(_flags(first_broker)) == 2, WAIT)
+        await until(lambda: second.pipeline.engine.rollout("co").phase == "rolled_back", WAIT)
         assert second_broker.kafka == []  # a standby publishes nothing
         assert second.delivery is not None  # and its flagd document follows the leader's
         assert second.delivery.board.entries["new_co"].percent == 0
 
         first.stop()  # a clean stop releases the lease: the standby leads at its next poll
         assert await first_run == 0
-        await _until(lambda: second.health.standby is None and "publisher" in second.tasks)
+        await until(lambda: second.health.standby is None and "publisher" in second.tasks, WAIT)
         assert second.state.leader()
         assert "standby" not in second.tasks  # its task ended; every task left is alive
         assert all(not task.done() for task in second.tasks.values())
         assert second.pipeline.engine.rollout("co").phase == "rolled_back"
         assert second.pipeline.positions() == {("rollout.metrics", 0): 2}
-        await _until(lambda: not second.publisher.pending)
+        await until(lambda: not second.publisher.pending, WAIT)
         assert second_broker.kafka == []  # nothing repeated: all of it went out already
 
         clock.advance(120.0)  # the canary's errors leave the window
         _, items = second.pipeline.command("co", "retry", clock.clock().now(), actor="t")
         second.outbox.add(items)
-        await _until(lambda: len(_flags(second_broker)) == 1)
+        await until(lambda: len(_flags(second_broker)) == 1, WAIT)
         second.stop()
         assert await second_run == 0
 
@@ -109,7 +101,7 @@ def test_a_leader_whose_lease_was_taken_exits_and_publishes_nothing(pg_url: str)
         broker = MemoryBroker()
         leader = _service(pg_url, broker, clock)
         run = asyncio.create_task(leader.run())
-        await _until(lambda: "lease" in leader.tasks and not leader.publisher.pending)
+        await until(lambda: "lease" in leader.tasks and not leader.publisher.pending, WAIT)
         published = len(broker.kafka)
         lease = leader.lease
         assert lease is not None

@@ -241,9 +241,7 @@ class Engine:
                 rollout.start(out, now, "start")
                 route.changed = forced = True
             if route is target and command is not None:
-                head = route.head
-                if head == NO_BUCKET or head < current:
-                    self._slide(route, current)  # what its decisions show is of now
+                self._slide(route, current)  # what its decisions show is of now
                 self._command(out, route, command, now)
                 forced = True
             if not rollout.armed:
